@@ -1,0 +1,59 @@
+"""Bearer API keys. Keys come from WEIGHTSCOPE_API_KEYS or the api_keys table (hashed); with none configured
+the server only listens on loopback and lets requests through."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from storage import keys
+
+from .problems import Problem
+from .services import Services, get_services
+
+bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer <key>`")
+_CACHE_SECONDS = 5.0
+
+
+class KeyRegistry:
+    """Answers 'is this key valid' and 'is auth on' without a database hit on every anonymous request."""
+
+    def __init__(self, services: Services):
+        self.services = services
+        self.env_hashes = [keys.hash_key(k) for k in services.settings.api_keys]
+        self._db_has_keys: tuple[float, bool] = (0.0, False)
+
+    def auth_required(self) -> bool:
+        if self.env_hashes:
+            return True
+        checked_at, value = self._db_has_keys
+        if time.monotonic() - checked_at > _CACHE_SECONDS:
+            with self.services.sessions() as session:
+                value = keys.any_active(session)
+            self._db_has_keys = (time.monotonic(), value)
+        return value
+
+    def valid(self, key: str) -> bool:
+        digest = keys.hash_key(key)
+        if any(hmac.compare_digest(digest, h) for h in self.env_hashes):
+            return True
+        with self.services.sessions() as session:
+            return keys.find(session, key) is not None
+
+
+def require_key(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    services: Services = Depends(get_services),
+) -> None:
+    registry: KeyRegistry = request.app.state.keys
+    unauthorized = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        if registry.auth_required():
+            raise Problem(401, "unauthorized", "this server requires an API key: send Authorization: Bearer <key>", headers=unauthorized)
+        return
+    if not registry.valid(credentials.credentials):
+        raise Problem(401, "unauthorized", "the API key is not valid or was revoked", headers=unauthorized)

@@ -1,0 +1,56 @@
+"""Streaming statistics agree with a direct float64 computation whatever the chunking."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given, settings, strategies as st
+
+from metanets.tensor_stats import StatsAccumulator, tensor_stats
+
+values = st.lists(
+    st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.just(0.0), st.just(math.nan), st.just(math.inf), st.just(-math.inf)),
+    min_size=0,
+    max_size=200,
+)
+
+
+def reference(xs: list[float]) -> dict:
+    t = torch.tensor(xs, dtype=torch.float64)
+    finite = t[torch.isfinite(t)]
+    out = {"nan_count": int(torch.isnan(t).sum()), "inf_count": int(torch.isinf(t).sum())}
+    if finite.numel():
+        out.update(mean=float(finite.mean()), std=float(finite.std(unbiased=False)), min=float(finite.min()),
+                   max=float(finite.max()), l2_norm=float(finite.norm()), zero_fraction=float((t == 0).sum()) / t.numel())
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(values, st.integers(1, 50))
+def test_chunked_statistics_match_direct_computation(xs, chunk):
+    acc = StatsAccumulator()
+    t = torch.tensor(xs, dtype=torch.float64)
+    for start in range(0, len(xs), chunk):
+        acc.update(t[start : start + chunk])
+    got = acc.result().as_dict()
+    want = reference(xs)
+    assert got["nan_count"] == want["nan_count"] and got["inf_count"] == want["inf_count"]
+    if "mean" not in want:
+        assert got["mean"] is None and got["std"] is None
+        return
+    for key in ("mean", "std", "min", "max", "l2_norm", "zero_fraction"):
+        assert math.isclose(got[key], want[key], rel_tol=1e-9, abs_tol=1e-6), key
+
+
+def test_low_precision_and_integer_tensors():
+    t = torch.tensor([[1.5, -2.0], [0.0, 4.0]], dtype=torch.bfloat16)
+    s = tensor_stats(t)
+    assert s.mean == 0.875 and s.min == -2.0 and s.max == 4.0 and s.zero_fraction == 0.25
+    assert tensor_stats(torch.tensor([True, False, True])).mean == 2 / 3
+    assert tensor_stats(torch.arange(5)).max == 4.0
+
+
+def test_empty_tensor_has_no_moments():
+    s = tensor_stats(torch.empty(0, 3))
+    assert s.mean is None and s.zero_fraction is None and s.nan_count == 0

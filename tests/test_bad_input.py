@@ -193,6 +193,9 @@ def test_unknown_ids_and_analysis_kinds(client):
     r = client.post(f"/v1/checkpoints/{cid}/analyses", json={"kind": "astrology"})
     assert r.status_code == 422 and "weight_spectra" in r.json()["detail"]
     r = client.post(f"/v1/checkpoints/{cid}/analyses", json={"kind": "weight_spectra", "params": {"bogus": 1}})
-    assert r.status_code == 422 and "bogus" in r.json()["detail"]
+    assert r.status_code == 422 and "params.bogus" in r.json()["detail"]
+    r = client.post(f"/v1/checkpoints/{cid}/analyses", json={"kind": "weight_spectra", "params": {"min_evals": "many"}})
+    assert r.status_code == 422 and "params.min_evals" in r.json()["detail"]
+    assert client.get("/v1/checkpoints").json()["items"][0]["id"] == cid
     r = client.post(f"/v1/checkpoints/{cid}/analyses", content=b"{", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["type"] == "/problems/validation-error"

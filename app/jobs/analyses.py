@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 
 from metanets import spectra
@@ -21,13 +22,18 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, f.get_tensor(name)
 
 
+class WeightSpectraParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_evals: int = Field(10, ge=1, description="fewer eigenvalues than this: no power-law fit")
+
+
 def weight_spectra(path: Path, params: dict, progress: Progress) -> dict:
-    min_evals = int(params.get("min_evals", 10))
-    layers = spectra.weight_spectra(iter_tensors(path), min_evals=min_evals, progress=progress)
+    p = WeightSpectraParams.model_validate(params)
+    layers = spectra.weight_spectra(iter_tensors(path), min_evals=p.min_evals, progress=progress)
     return {"version": spectra.ANALYSIS_VERSION, "summary": spectra.summary(layers), "layers": layers}
 
 
-ANALYSES: dict[str, Callable[[Path, dict, Progress], dict]] = {
-    "weight_spectra": weight_spectra,
+ANALYSES: dict[str, tuple[Callable[[Path, dict, Progress], dict], type[BaseModel]]] = {
+    "weight_spectra": (weight_spectra, WeightSpectraParams),
 }
-PARAMS: dict[str, set[str]] = {"weight_spectra": {"min_evals"}}

@@ -51,7 +51,11 @@ class Worker:
             checkpoint = checkpoints.get(session, checkpoint_id) if checkpoint_id else None
         if checkpoint is None:
             raise LookupError(f"checkpoint {checkpoint_id!r} no longer exists")
-        return ANALYSES[kind](self.services.blobs.path(checkpoint.canonical_sha256), params, progress)
+        path = self.services.blobs.path(checkpoint.canonical_sha256)
+        if not path.is_file():
+            raise FileNotFoundError(f"the blob {checkpoint.canonical_sha256} of checkpoint {checkpoint_id!r} is missing from the store")
+        run, _ = ANALYSES[kind]
+        return run(path, params, progress)
 
     def run_forever(self, stop: threading.Event | None = None, wake=None) -> None:
         poll = self.services.settings.job_poll_seconds

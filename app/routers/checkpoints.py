@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -12,7 +13,7 @@ from storage.checkpoints import InvalidCursor
 from storage.formats import CheckpointRejected
 
 from ..ingest import UploadMeta, ingest
-from ..jobs.analyses import ANALYSES, PARAMS
+from ..jobs.analyses import ANALYSES
 from ..observability import JOBS_SUBMITTED, UPLOAD_BYTES, UPLOADS_REJECTED
 from ..problems import Problem, not_found
 from ..schemas import AnalysisRequest, CheckpointOut, CheckpointPage, JobOut, TensorList, TensorOut
@@ -176,12 +177,15 @@ def start_analysis(
 ):
     if body.kind not in ANALYSES:
         raise Problem(422, "unknown-analysis", f"analysis kind {body.kind!r} is not one of: {', '.join(sorted(ANALYSES))}")
-    unknown = set(body.params) - PARAMS[body.kind]
-    if unknown:
-        raise Problem(422, "validation-error", f"unknown parameter(s) for {body.kind}: {', '.join(sorted(unknown))}", title="Invalid request")
+    try:
+        params = ANALYSES[body.kind][1].model_validate(body.params).model_dump()
+    except ValidationError as exc:
+        errors = [{"location": ".".join(map(str, ("params", *e["loc"]))), "message": e["msg"]} for e in exc.errors()]
+        detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors)
+        raise Problem(422, "validation-error", detail, title="Invalid request", errors=errors) from None
     with session.begin():
         _checkpoint(session, checkpoint_id)
-        job = jobs.enqueue(session, body.kind, body.params, checkpoint_id)
+        job = jobs.enqueue(session, body.kind, params, checkpoint_id)
     request.app.state.executor.submit(job.id)
     JOBS_SUBMITTED.labels(body.kind).inc()
     response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -1,11 +1,14 @@
-"""Per-tensor statistics computed in one streaming pass over chunks (Chan's parallel mean/variance)."""
+"""Per-tensor statistics computed in one streaming pass over chunks (Chan's parallel mean/variance).
+
+numpy rather than torch: the API process computes these at ingest and stays free of torch's memory and threads.
+Each chunk is widened to float64; no BLAS call is used, so no thread pool is woken for small chunks."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
-import torch
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class TensorStats:
 
 
 class StatsAccumulator:
-    """Feed flat chunks of one tensor in any order; `result()` equals the statistics of their union."""
+    """Feed flat numeric chunks of one tensor in any order; `result()` equals the statistics of their union."""
 
     def __init__(self) -> None:
         self.numel = 0
@@ -40,55 +43,53 @@ class StatsAccumulator:
         self.nans = 0
         self.infs = 0
 
-    def update(self, chunk: torch.Tensor) -> None:
-        chunk = chunk.reshape(-1)
-        if chunk.numel() == 0:
+    def update(self, chunk: np.ndarray) -> None:
+        values = np.asarray(chunk).reshape(-1).astype(np.float64)
+        if values.size == 0:
             return
-        if chunk.dtype == torch.bool or not chunk.is_floating_point():
-            values = chunk.to(torch.float64)
-            finite = values
-        else:
-            values = chunk.to(torch.float64)
-            finite_mask = torch.isfinite(values)
-            nans = int(torch.isnan(values).sum())
+        self.numel += values.size
+        self.zeros += values.size - int(np.count_nonzero(values))
+        finite = np.isfinite(values)
+        if not finite.all():
+            nans = int(np.isnan(values).sum())
             self.nans += nans
-            self.infs += int(values.numel() - finite_mask.sum()) - nans
-            finite = values if nans == 0 and bool(finite_mask.all()) else values[finite_mask]
-        self.numel += chunk.numel()
-        self.zeros += int((values == 0).sum())
-        n = finite.numel()
-        if n == 0:
-            return
-        chunk_mean = float(finite.mean())
-        chunk_m2 = float(((finite - chunk_mean) ** 2).sum())
+            self.infs += int(values.size - finite.sum()) - nans
+            values = values[finite]
+            if values.size == 0:
+                return
+        n = values.size
+        chunk_mean = float(values.sum()) / n
+        self.sumsq += float(np.square(values).sum())
+        self.min = min(self.min, float(values.min()))
+        self.max = max(self.max, float(values.max()))
+        values -= chunk_mean
+        chunk_m2 = float(np.square(values, out=values).sum())
         total = self.count + n
         delta = chunk_mean - self.mean
         self.mean += delta * n / total
         self.m2 += chunk_m2 + delta * delta * self.count * n / total
         self.count = total
-        self.sumsq += float((finite * finite).sum())
-        self.min = min(self.min, float(finite.min()))
-        self.max = max(self.max, float(finite.max()))
 
     def result(self) -> TensorStats:
+        zero_fraction = self.zeros / self.numel if self.numel else None
         if self.count == 0:
-            return TensorStats(None, None, None, None, None, self.zeros / self.numel if self.numel else None, self.nans, self.infs)
+            return TensorStats(None, None, None, None, None, zero_fraction, self.nans, self.infs)
         return TensorStats(
             mean=self.mean,
             std=math.sqrt(max(self.m2, 0.0) / self.count),
             min=self.min,
             max=self.max,
             l2_norm=math.sqrt(self.sumsq),
-            zero_fraction=self.zeros / self.numel,
+            zero_fraction=zero_fraction,
             nan_count=self.nans,
             inf_count=self.infs,
         )
 
 
-def tensor_stats(tensor: torch.Tensor, chunk_elements: int = 1 << 22) -> TensorStats:
-    """Statistics of a whole in-memory tensor (chunked to bound the float64 working copy)."""
+def tensor_stats(values: np.ndarray, chunk_elements: int = 1 << 16) -> TensorStats:
+    """Statistics of a whole in-memory array (chunked to bound the float64 working copy)."""
     acc = StatsAccumulator()
-    flat = tensor.reshape(-1)
-    for start in range(0, flat.numel(), chunk_elements):
+    flat = np.asarray(values).reshape(-1)
+    for start in range(0, flat.size, chunk_elements):
         acc.update(flat[start : start + chunk_elements])
     return acc.result()

@@ -18,7 +18,9 @@ from app.main import InsecureBinding, create_app
 from storage import keys
 
 from .conftest import free_port, small_state_dict, staging_files
-from .helpers import safetensors_bytes
+import torch
+
+from .helpers import safetensors_bytes, torch_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,3 +136,26 @@ def test_server_killed_mid_upload_leaves_nothing_visible(settings, tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_api_process_never_imports_torch(settings, tmp_path):
+    """Uploads (PyTorch files included, via the sandbox) and job submission keep torch out of the server process:
+    its memory and thread pools stay with the loader and the workers."""
+    pt = tmp_path / "m.pt"
+    pt.write_bytes(torch_bytes({"w": torch.ones(3)}))
+    script = f"""
+import sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from app.main import create_app
+from app.settings import Settings
+settings = Settings.model_validate_json({settings.model_dump_json()!r})
+with TestClient(create_app(settings)) as client:
+    r = client.post("/v1/checkpoints", content=Path({str(pt)!r}).read_bytes(), params={{"filename": "m.pt"}})
+    assert r.status_code == 201, r.text
+    assert client.post(f"/v1/checkpoints/{{r.json()['id']}}/analyses", json={{"kind": "weight_spectra"}}).status_code == 202
+print("torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"

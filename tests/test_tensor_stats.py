@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
+import numpy as np
 import torch
 from hypothesis import given, settings, strategies as st
 
 from metanets.tensor_stats import StatsAccumulator, tensor_stats
+from storage.formats.safetensors import decode
 
 values = st.lists(
     st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.just(0.0), st.just(math.nan), st.just(math.inf), st.just(-math.inf)),
@@ -30,7 +34,7 @@ def reference(xs: list[float]) -> dict:
 @given(values, st.integers(1, 50))
 def test_chunked_statistics_match_direct_computation(xs, chunk):
     acc = StatsAccumulator()
-    t = torch.tensor(xs, dtype=torch.float64)
+    t = np.array(xs, dtype=np.float64)
     for start in range(0, len(xs), chunk):
         acc.update(t[start : start + chunk])
     got = acc.result().as_dict()
@@ -43,14 +47,27 @@ def test_chunked_statistics_match_direct_computation(xs, chunk):
         assert math.isclose(got[key], want[key], rel_tol=1e-9, abs_tol=1e-6), key
 
 
+@pytest.mark.parametrize("dtype,name", [(torch.bfloat16, "BF16"), (torch.float8_e4m3fn, "F8_E4M3"), (torch.float8_e5m2, "F8_E5M2"),
+                                        (torch.float16, "F16"), (torch.int8, "I8"), (torch.bool, "BOOL")])
+def test_decode_matches_torch_for_every_bit_pattern(dtype, name):
+    """Every possible byte pattern (all 65536 for 2-byte types) decodes to torch's own float32 value."""
+    width = torch.tensor([], dtype=dtype).element_size()
+    raw = np.arange(256 ** width, dtype=np.uint32).astype(np.uint16 if width == 2 else np.uint8)
+    if dtype == torch.bool:
+        raw = raw[:2]
+    want = torch.from_numpy(raw.copy()).view(dtype).to(torch.float32).numpy()
+    got = decode(raw.view(np.uint8), name).astype(np.float32)
+    assert np.array_equal(got, want, equal_nan=True)
+
+
 def test_low_precision_and_integer_tensors():
-    t = torch.tensor([[1.5, -2.0], [0.0, 4.0]], dtype=torch.bfloat16)
-    s = tensor_stats(t)
+    raw = torch.tensor([[1.5, -2.0], [0.0, 4.0]], dtype=torch.bfloat16).view(torch.uint8).numpy()
+    s = tensor_stats(decode(raw, "BF16"))
     assert s.mean == 0.875 and s.min == -2.0 and s.max == 4.0 and s.zero_fraction == 0.25
-    assert tensor_stats(torch.tensor([True, False, True])).mean == 2 / 3
-    assert tensor_stats(torch.arange(5)).max == 4.0
+    assert tensor_stats(np.array([True, False, True])).mean == 2 / 3
+    assert tensor_stats(np.arange(5)).max == 4.0
 
 
 def test_empty_tensor_has_no_moments():
-    s = tensor_stats(torch.empty(0, 3))
+    s = tensor_stats(np.empty((0, 3)))
     assert s.mean is None and s.zero_fraction is None and s.nan_count == 0

@@ -12,7 +12,6 @@ import uuid
 from storage import checkpoints, jobs
 
 from ..services import Services
-from .analyses import ANALYSES
 
 log = logging.getLogger("weightscope.worker")
 
@@ -54,8 +53,9 @@ class Worker:
         path = self.services.blobs.path(checkpoint.canonical_sha256)
         if not path.is_file():
             raise FileNotFoundError(f"the blob {checkpoint.canonical_sha256} of checkpoint {checkpoint_id!r} is missing from the store")
-        run, _ = ANALYSES[kind]
-        return run(path, params, progress)
+        from .runners import RUNNERS  # torch is imported in workers only
+
+        return RUNNERS[kind](path, params, progress)
 
     def run_forever(self, stop: threading.Event | None = None, wake=None) -> None:
         poll = self.services.settings.job_poll_seconds

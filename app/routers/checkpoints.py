@@ -13,7 +13,7 @@ from storage.checkpoints import InvalidCursor
 from storage.formats import CheckpointRejected
 
 from ..ingest import UploadMeta, ingest
-from ..jobs.analyses import ANALYSES
+from ..jobs.kinds import PARAMS
 from ..observability import JOBS_SUBMITTED, UPLOAD_BYTES, UPLOADS_REJECTED
 from ..problems import Problem, not_found
 from ..schemas import AnalysisRequest, CheckpointOut, CheckpointPage, JobOut, TensorList, TensorOut
@@ -175,10 +175,10 @@ def start_analysis(
     response: Response,
     session: Session = Depends(get_session),
 ):
-    if body.kind not in ANALYSES:
-        raise Problem(422, "unknown-analysis", f"analysis kind {body.kind!r} is not one of: {', '.join(sorted(ANALYSES))}")
+    if body.kind not in PARAMS:
+        raise Problem(422, "unknown-analysis", f"analysis kind {body.kind!r} is not one of: {', '.join(sorted(PARAMS))}")
     try:
-        params = ANALYSES[body.kind][1].model_validate(body.params).model_dump()
+        params = PARAMS[body.kind].model_validate(body.params).model_dump()
     except ValidationError as exc:
         errors = [{"location": ".".join(map(str, ("params", *e["loc"]))), "message": e["msg"]} for e in exc.errors()]
         detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors)

@@ -10,9 +10,10 @@ import math
 import os
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import BinaryIO, Iterable, Iterator
 
-import torch
+import numpy as np
 
 from .errors import InvalidCheckpoint
 
@@ -21,22 +22,30 @@ MAX_TENSORS = 1_000_000
 MAX_NAME_LENGTH = 1024
 ALIGNMENT = 8
 
-# safetensors dtype -> (torch dtype, bytes per element). Anything else is refused.
-DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "BOOL": (torch.bool, 1),
-    "U8": (torch.uint8, 1),
-    "I8": (torch.int8, 1),
-    "I16": (torch.int16, 2),
-    "I32": (torch.int32, 4),
-    "I64": (torch.int64, 8),
-    "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2),
-    "F32": (torch.float32, 4),
-    "F64": (torch.float64, 8),
-    "F8_E4M3": (torch.float8_e4m3fn, 1),
-    "F8_E5M2": (torch.float8_e5m2, 1),
+# safetensors dtype -> (torch dtype name, bytes per element). Anything else is refused. Kept free of torch so
+# the API process never imports it; torch is needed only to write tensors (sandboxed loader, tests).
+DTYPES: dict[str, tuple[str, int]] = {
+    "BOOL": ("bool", 1),
+    "U8": ("uint8", 1),
+    "I8": ("int8", 1),
+    "I16": ("int16", 2),
+    "I32": ("int32", 4),
+    "I64": ("int64", 8),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "F32": ("float32", 4),
+    "F64": ("float64", 8),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
 }
-TORCH_TO_DTYPE = {torch_dtype: name for name, (torch_dtype, _) in DTYPES.items()}
+_NUMPY = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
+          "F16": np.float16, "F32": np.float32, "F64": np.float64}
+
+
+def dtype_name(torch_dtype) -> str | None:
+    """The safetensors name of a torch dtype, or None if we do not store it."""
+    wanted = str(torch_dtype).removeprefix("torch.")
+    return next((name for name, (t, _) in DTYPES.items() if t == wanted), None)
 
 
 @dataclass(frozen=True)
@@ -52,10 +61,6 @@ class TensorEntry:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype][0]
 
 
 @dataclass(frozen=True)
@@ -151,30 +156,48 @@ def read_header_at(path: str | os.PathLike) -> Header:
         return read_header(f, os.fstat(f.fileno()).st_size)
 
 
-def iter_chunks(f: BinaryIO, entry: TensorEntry, max_bytes: int = 64 << 20) -> Iterator[torch.Tensor]:
-    """Yield the tensor's elements as flat 1-D tensors of at most `max_bytes`, reading with pread:
-    memory stays bounded and page-cache pages never count as the process's own."""
+@lru_cache(maxsize=None)
+def _f8_e4m3fn_table() -> np.ndarray:
+    """float32 value of every e4m3fn byte: bias 7, 3 mantissa bits, no infinities, 0x7f/0xff are NaN."""
+    values = np.empty(256, dtype=np.float32)
+    for byte in range(256):
+        sign = -1.0 if byte & 0x80 else 1.0
+        exponent, mantissa = (byte >> 3) & 0xF, byte & 0x7
+        if exponent == 0xF and mantissa == 0x7:
+            values[byte] = np.nan
+        elif exponent == 0:
+            values[byte] = sign * mantissa / 8 * 2.0**-6
+        else:
+            values[byte] = sign * (1 + mantissa / 8) * 2.0 ** (exponent - 7)
+    return values
+
+
+def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """View raw little-endian bytes (uint8 array) as numbers; bf16 and fp8 widen to float32 exactly."""
+    if dtype in _NUMPY:
+        return raw.view(_NUMPY[dtype])
+    if dtype == "BF16":  # the top half of a float32
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F8_E5M2":  # the top byte of a float16
+        return (raw.astype(np.uint16) << 8).view(np.float16)
+    return _f8_e4m3fn_table()[raw]
+
+
+def iter_chunks(f: BinaryIO, entry: TensorEntry, max_bytes: int = 1 << 18) -> Iterator[np.ndarray]:
+    """Yield the tensor's elements as flat numpy chunks, read with pread into one reused buffer: memory stays
+    bounded and small, and page-cache pages never count as the process's own. Each chunk is valid only until
+    the next one is produced."""
     itemsize = DTYPES[entry.dtype][1]
     step = max(itemsize, (max_bytes // itemsize) * itemsize)
+    buffer = np.empty(min(step, entry.end - entry.begin), dtype=np.uint8)
     offset = entry.begin
     while offset < entry.end:
         size = min(step, entry.end - offset)
-        buffer = bytearray(size)
-        got = os.preadv(f.fileno(), [buffer], offset)
-        if got != size:
+        view = buffer[:size]
+        if os.preadv(f.fileno(), [view], offset) != size:
             raise InvalidCheckpoint(f"invalid safetensors: file ended inside tensor {entry.name!r}")
-        yield torch.frombuffer(buffer, dtype=entry.torch_dtype)
+        yield decode(view, entry.dtype)
         offset += size
-
-
-def load_tensor(f: BinaryIO, entry: TensorEntry) -> torch.Tensor:
-    """Read one whole tensor (copying), shaped."""
-    buffer = bytearray(entry.end - entry.begin)
-    if buffer:
-        os.preadv(f.fileno(), [buffer], entry.begin)
-    return torch.frombuffer(buffer, dtype=entry.torch_dtype).reshape(entry.shape) if buffer else torch.empty(
-        entry.shape, dtype=entry.torch_dtype
-    )
 
 
 def header_bytes(specs: Iterable[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None) -> bytes:
@@ -192,21 +215,24 @@ def header_bytes(specs: Iterable[tuple[str, str, tuple[int, ...]]], metadata: di
     return struct.pack("<Q", len(raw)) + raw
 
 
-def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """Little-endian row-major bytes of a CPU tensor, without copying when already contiguous."""
+def tensor_bytes(tensor) -> memoryview:
+    """Little-endian row-major bytes of a CPU torch tensor, without copying when already contiguous."""
+    import torch
+
     flat = tensor.detach().cpu().contiguous().reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def write(out, tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str] | None = None) -> None:
-    """Stream a safetensors file to anything with `.write`, one tensor at a time."""
+def write(out, tensors: list, metadata: dict[str, str] | None = None) -> None:
+    """Stream (name, torch tensor) pairs as a safetensors file to anything with `.write`, one tensor at a time."""
     specs = []
     for name, tensor in tensors:
-        if tensor.dtype not in TORCH_TO_DTYPE:
+        name_of_dtype = dtype_name(tensor.dtype)
+        if name_of_dtype is None:
             raise InvalidCheckpoint(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot hold here")
-        specs.append((name, TORCH_TO_DTYPE[tensor.dtype], tuple(tensor.shape)))
+        specs.append((name, name_of_dtype, tuple(tensor.shape)))
     out.write(header_bytes(specs, metadata))
     for _, tensor in tensors:
         out.write(tensor_bytes(tensor))

@@ -91,7 +91,7 @@ def main(src: str, dest: str, memory_limit: int, cpu_seconds: int) -> dict:
     if total > max_out:
         return {"kind": "invalid", "error": f"tensors would expand to {total} bytes, over the limit of {max_out}"}
     for name, t in tensors.items():
-        if t.dtype not in st.TORCH_TO_DTYPE:
+        if st.dtype_name(t.dtype) is None:
             return {"kind": "invalid", "error": f"tensor {name!r} has dtype {t.dtype}, which is not supported"}
         if t.layout != torch.strided or t.is_quantized:
             return {"kind": "invalid", "error": f"tensor {name!r} is sparse or quantized, which is not supported"}

@@ -49,22 +49,28 @@ def _check_declared_length(request: Request, limit: int) -> None:
 
 async def _pump(request: Request, write, limit: int) -> int:
     """Feed the body to `write` in batches on a worker thread; refuse as soon as the limit is passed."""
-    total = 0
-    buffer = bytearray()
+    total = pending = 0
+    batch: list[bytes] = []
     try:
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit:
                 raise too_large(limit)
-            buffer += chunk
-            if len(buffer) >= BATCH:
-                await run_in_threadpool(write, bytes(buffer))
-                buffer.clear()
+            batch.append(chunk)
+            pending += len(chunk)
+            if pending >= BATCH:
+                await run_in_threadpool(_write_all, write, batch)
+                batch, pending = [], 0
     except ClientDisconnect:
         raise Problem(400, "incomplete-upload", "the client disconnected before the upload finished") from None
-    if buffer:
-        await run_in_threadpool(write, bytes(buffer))
+    if batch:
+        await run_in_threadpool(_write_all, write, batch)
     return total
+
+
+def _write_all(write, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        write(chunk)
 
 
 async def receive_raw(request: Request, store: LocalBlobStore, limit: int, filename: str | None) -> Received:

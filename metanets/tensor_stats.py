@@ -1,7 +1,8 @@
 """Per-tensor statistics computed in one streaming pass over chunks (Chan's parallel mean/variance).
 
 numpy rather than torch: the API process computes these at ingest and stays free of torch's memory and threads.
-Each chunk is widened to float64; no BLAS call is used, so no thread pool is woken for small chunks."""
+Extremes and the finiteness check run in the chunk's own dtype; sums accumulate in float64; no BLAS call is
+used, so no thread pool is woken for small chunks."""
 
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ class StatsAccumulator:
         self.count = 0  # finite values
         self.mean = 0.0
         self.m2 = 0.0
-        self.sumsq = 0.0
         self.min = math.inf
         self.max = -math.inf
         self.zeros = 0
@@ -44,31 +44,35 @@ class StatsAccumulator:
         self.infs = 0
 
     def update(self, chunk: np.ndarray) -> None:
-        values = np.asarray(chunk).reshape(-1).astype(np.float64)
+        values = np.asarray(chunk).reshape(-1)
         if values.size == 0:
             return
+        if values.dtype == np.bool_:
+            values = values.view(np.uint8)
         self.numel += values.size
         self.zeros += values.size - int(np.count_nonzero(values))
-        finite = np.isfinite(values)
-        if not finite.all():
+        low, high = values.min(), values.max()  # NaN propagates and Inf is extreme: both finite means all finite
+        if not (np.isfinite(low) and np.isfinite(high)):
+            finite = np.isfinite(values)
             nans = int(np.isnan(values).sum())
             self.nans += nans
             self.infs += int(values.size - finite.sum()) - nans
             values = values[finite]
             if values.size == 0:
                 return
+            low, high = values.min(), values.max()
         n = values.size
-        chunk_mean = float(values.sum()) / n
-        self.sumsq += float(np.square(values).sum())
-        self.min = min(self.min, float(values.min()))
-        self.max = max(self.max, float(values.max()))
-        values -= chunk_mean
-        chunk_m2 = float(np.square(values, out=values).sum())
+        chunk_mean = float(np.add.reduce(values, dtype=np.float64)) / n
+        centred = values.astype(np.float64)
+        centred -= chunk_mean
+        chunk_m2 = float(np.square(centred, out=centred).sum())
         total = self.count + n
         delta = chunk_mean - self.mean
         self.mean += delta * n / total
         self.m2 += chunk_m2 + delta * delta * self.count * n / total
         self.count = total
+        self.min = min(self.min, float(low))
+        self.max = max(self.max, float(high))
 
     def result(self) -> TensorStats:
         zero_fraction = self.zeros / self.numel if self.numel else None
@@ -79,7 +83,7 @@ class StatsAccumulator:
             std=math.sqrt(max(self.m2, 0.0) / self.count),
             min=self.min,
             max=self.max,
-            l2_norm=math.sqrt(self.sumsq),
+            l2_norm=math.sqrt(max(self.m2, 0.0) + self.count * self.mean**2),  # sum of squares = M2 + n mean^2
             zero_fraction=zero_fraction,
             nan_count=self.nans,
             inf_count=self.infs,

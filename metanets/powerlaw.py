@@ -24,7 +24,11 @@ _BLOCK_ELEMENTS = 2**21
 
 @dataclass(frozen=True)
 class PowerLawFit:
-    """Result of the x_min scan: the chosen tail's exponent, bounds, KS distance, standard error and size."""
+    """Result of the x_min scan: the chosen tail's exponent, bounds, KS distance and standard error.
+
+    ``num_tail`` is the index-based tail size n used in alpha and sigma; with values tied to x_min below the chosen
+    index it is smaller than the count of eigenvalues >= x_min, which WW reports as num_pl_spikes.
+    """
 
     alpha: float
     xmin: float

@@ -11,7 +11,9 @@ Conventions (WeightWatcher 0.7.7 = WW; see ../shared/reference/analyses.md part 
   ``lambda_max`` = sigma_max**2, ``log_norm`` = log10(sum lambda) = log10 ||W||_F**2 and ``log_spectral_norm`` =
   log10(lambda_max) follow WW; ``spectral_norm`` and ``frobenius_norm`` are the unsquared sigma_max and ||W||_F.
 * Fit input: eigenvalues of numerically non-zero singular values, sigma > sigma_max * max(N, M) * eps (numpy's
-  matrix_rank tolerance). WW drops lambda <= 1e-5 instead; ours is relative so alpha is invariant to scaling W.
+  matrix_rank tolerance) with eps of float64 for float64 weights and of float32 otherwise, so the rounding floor of a
+  low-rank float32 matrix is not fitted (a 16-bit eps times max(N, M) would exceed sigma_max). WW drops lambda <= 1e-5
+  instead; ours is relative so alpha is invariant to scaling W.
 * ``min_evals``: the fit is skipped (alpha fields None, ``fit_skipped`` says why) when fewer eigenvalues than this enter
   it. WW skips the whole layer when min(N, M) < min_evals; for full-rank matrices the counts agree.
 * Power-law fit: ``metanets.powerlaw.fit_power_law`` (WW's fit='PL' estimator). ``alpha_weighted`` = alpha *
@@ -83,7 +85,7 @@ def summary(layers: list[dict]) -> dict:
 
 def _analyse_matrix(name: str, tensor: torch.Tensor, min_evals: int) -> dict:
     """Spectral metrics and power-law fit of one tensor, reshaped to (shape[0], prod(shape[1:]))."""
-    matrix = tensor.detach().to("cpu", torch.float64).reshape(tensor.shape[0], -1)
+    matrix = tensor.detach().to("cpu", torch.float64).reshape(tensor.shape[0], math.prod(tensor.shape[1:]))
     record: dict = {
         "name": name,
         "shape": list(tensor.shape),
@@ -119,7 +121,8 @@ def _analyse_matrix(name: str, tensor: torch.Tensor, min_evals: int) -> dict:
         log_spectral_norm=math.log10(lambda_max),
     )
 
-    tol = float(sv[0]) * max(record["matrix_shape"]) * torch.finfo(torch.float64).eps
+    eps = torch.finfo(torch.promote_types(tensor.dtype, torch.float32)).eps
+    tol = float(sv[0]) * max(record["matrix_shape"]) * eps
     fit_evals = evals[sv > tol]
     if fit_evals.numel() < min_evals:
         record["fit_skipped"] = f"{fit_evals.numel()} non-zero eigenvalues < min_evals={min_evals}"

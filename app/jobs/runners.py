@@ -15,16 +15,26 @@ from .kinds import WeightSpectraParams
 Progress = Callable[[float], None]
 
 
-def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Tensors of a canonical safetensors blob, memory-mapped one at a time."""
-    with safe_open(str(path), framework="pt") as f:
-        for name in f.keys():
-            yield name, f.get_tensor(name)
+class StoredTensors:
+    """The tensors of a canonical safetensors blob, loaded one at a time; sized, so progress needs no preload."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with safe_open(str(path), framework="pt") as f:
+            self.names = list(f.keys())
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        with safe_open(str(self.path), framework="pt") as f:
+            for name in self.names:
+                yield name, f.get_tensor(name)
 
 
 def weight_spectra(path: Path, params: dict, progress: Progress) -> dict:
     p = WeightSpectraParams.model_validate(params)
-    layers = spectra.weight_spectra(iter_tensors(path), min_evals=p.min_evals, progress=progress)
+    layers = spectra.weight_spectra(StoredTensors(path), min_evals=p.min_evals, progress=progress)
     return {"version": spectra.ANALYSIS_VERSION, "summary": spectra.summary(layers), "layers": layers}
 
 

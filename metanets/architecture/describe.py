@@ -1,0 +1,41 @@
+"""The entry point: one description from a live module, a recognised family, or a declarative JSON."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .compile import compile_program
+from .declarative import parse_declarative
+from .description import ArchitectureDescription
+from .errors import ArchitectureError
+from .families import recognise
+from .hints import Hints
+
+
+def describe(state_dict: dict[str, torch.Tensor], hints: dict | Hints | None = None,
+             declarative: dict | None = None, module: nn.Module | None = None,
+             example_inputs: tuple | None = None) -> ArchitectureDescription:
+    """Describe a checkpoint: trace ``module`` if given, else recognise a family, else use ``declarative``.
+
+    A declarative JSON given alongside a recognised family is still checked against the weights.
+    Raises ArchitectureError naming every tensor, hint or op that could not be understood.
+    """
+    hints = Hints.parse(hints)
+    if module is not None:
+        from .trace import trace_program
+
+        return compile_program(trace_program(module, example_inputs), state_dict)
+    checked = compile_program(parse_declarative(declarative), state_dict) if declarative is not None else None
+    program = recognise(state_dict, hints)
+    if program is not None:
+        return compile_program(program, state_dict)
+    if checked is not None:
+        return checked
+    raise ArchitectureError(["no architecture family recognises these tensor names and no declarative "
+                             "architecture was given; unplaced tensors: " + ", ".join(list(state_dict)[:20])
+                             + (" ..." if len(state_dict) > 20 else "")])
+
+
+def describe_module(module: nn.Module, example_inputs: tuple | None = None) -> ArchitectureDescription:
+    """Describe a live module by tracing it (its own state dict supplies the weights)."""
+    return describe(module.state_dict(), module=module, example_inputs=example_inputs)

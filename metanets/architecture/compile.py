@@ -82,8 +82,8 @@ class _Compiler:
         return self.groups[self.find(group)].size
 
     # --- values and tensors -------------------------------------------------------------------------------
-    def value(self, name: str, op: Op, size: int | None = None) -> str:
-        """The group of a value's feature axis, checked against ``size`` when given."""
+    def value(self, name: str, op: Op, size: int | None = None, role: str | None = None) -> str:
+        """The group of a value's feature axis, checked against ``size`` (read by tensor ``role``) when given."""
         if name not in self.values:
             raise ArchitectureError(f"op {op.name!r} reads {name!r}, which no earlier op produces")
         group = self.values[name]
@@ -92,15 +92,18 @@ class _Compiler:
             if size is None or size == channels:
                 group = group.channels
             elif size % channels:
-                raise ArchitectureError(f"op {op.name!r}: {size} input features are not a multiple of the "
-                                        f"{channels} channels flattened by {group.op!r}")
+                raise ArchitectureError(f"tensor {op.params.get(role)!r} ({op.kind} {op.name!r}): {size} input "
+                                        f"features are not a multiple of the {channels} channels flattened by "
+                                        f"{group.op!r}")
             else:
                 group = self.new_group(group.op, size, "hidden", False, parent=group.channels)
             self.values[name] = group
         if group is None:
             raise ArchitectureError(f"op {op.name!r} reads token ids {name!r} as features")
         if size is not None and self.size(group) != size:
-            raise ArchitectureError(f"op {op.name!r} expects {size} features but {name!r} has {self.size(group)}")
+            reader = f"tensor {op.params[role]!r}" if role else f"op {op.name!r}"
+            raise ArchitectureError(f"{reader} ({op.kind} {op.name!r}) expects {size} input features but "
+                                    f"{name!r} has {self.size(group)}")
         return group
 
     def shape(self, op: Op, role: str, optional: bool = False) -> tuple[int, ...] | None:
@@ -193,7 +196,8 @@ class _Compiler:
             return seg if seg.startswith("@") else self.find(seg)
 
         tensors = {}
-        for name, t in self.tensors.items():
+        for name in self.sd:  # state-dict order, so the inverse returns keys in the checkpoint's order
+            t = self.tensors[name]
             t.axes = [[canon(s) for s in axis] for axis in t.axes]
             t.source = t.source and self.find(t.source)
             tensors[name] = t
@@ -209,7 +213,7 @@ def _linear(c: _Compiler, op: Op) -> None:
     if len(w) != 2:
         raise ArchitectureError(f"tensor {op.params['weight']!r} of linear {op.name!r} must be 2-D, is {w}")
     out_f, in_f = (w[1], w[0]) if op.attrs.get("transposed") else w
-    x = c.value(op.inputs[0], op, in_f)
+    x = c.value(op.inputs[0], op, in_f, "weight")
     name = op.params["weight"]
     if name in c.tensors:  # tied: the output group is the one the weight already names
         spec = c.tensors[name]
@@ -227,7 +231,7 @@ def _conv(c: _Compiler, op: Op) -> None:
         raise ArchitectureError(f"tensor {op.params['weight']!r} of conv {op.name!r} must be 3-D to 5-D, is {w}")
     if op.attrs.get("groups", 1) != 1:
         raise ArchitectureError(f"conv {op.name!r}: grouped and depthwise convolutions are not supported yet")
-    x = c.value(op.inputs[0], op, w[1])
+    x = c.value(op.inputs[0], op, w[1], "weight")
     y = c.new_group(op.name, w[0], "hidden", True)
     c.place(op, "weight", [[y], [x]] + [[SPATIAL]] * (len(w) - 2))
     c.place_vector(op, "bias", y, "bias")
@@ -288,7 +292,7 @@ def _embedding(c: _Compiler, op: Op) -> None:
 
 def _add_positions(c: _Compiler, op: Op) -> None:
     w = c.shape(op, "weight")
-    x = c.value(op.inputs[0], op, w[-1])
+    x = c.value(op.inputs[0], op, w[-1], "weight")
     if len(w) not in (2, 3) or (len(w) == 3 and w[0] != 1):
         raise ArchitectureError(f"position table {op.params['weight']!r} must be (P, D) or (1, P, D), is {w}")
     pos = c.new_group(f"{op.name}.positions", w[-2], "position", False)
@@ -301,7 +305,7 @@ def _add_positions(c: _Compiler, op: Op) -> None:
 
 def _add_embedding(c: _Compiler, op: Op) -> None:
     w = c.shape(op, "weight")
-    x = c.value(op.inputs[0], op, w[-1])
+    x = c.value(op.inputs[0], op, w[-1], "weight")
     vocab = c.new_group(f"{op.name}.vocab", w[0], "vocab", False)
     c.place(op, "weight", [[vocab], [x]])
     c.values[op.output] = x
@@ -311,7 +315,7 @@ def _cls_token(c: _Compiler, op: Op) -> None:
     w = c.shape(op, "weight")
     if len(w) != 3 or w[:2] != (1, 1):
         raise ArchitectureError(f"class token {op.params['weight']!r} must be (1, 1, D), is {w}")
-    x = c.value(op.inputs[0], op, w[-1])
+    x = c.value(op.inputs[0], op, w[-1], "weight")
     c.place(op, "weight", [[SINGLETON], [SINGLETON], [x]], c.new_group(f"{op.name}.token", 1, "position", False))
     c.values[op.output] = x
 
@@ -338,7 +342,7 @@ def _attention(c: _Compiler, op: Op) -> None:
         q_out = k_out = v_out = out3 // 3
     else:
         (q_out, d_in), (k_out, _), (v_out, _) = out_in("q_weight"), out_in("k_weight"), out_in("v_weight")
-    x = c.value(op.inputs[0], op, d_in)
+    x = c.value(op.inputs[0], op, d_in, "qkv_weight" if packed else "q_weight")
     if heads <= 0 or q_out % heads or kv_heads <= 0 or heads % kv_heads:
         raise ArchitectureError(f"attention {op.name!r}: {heads} heads ({kv_heads} key/value heads) do not divide "
                                 f"the query width {q_out}")

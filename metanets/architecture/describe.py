@@ -31,9 +31,10 @@ def describe(state_dict: dict[str, torch.Tensor], hints: dict | Hints | None = N
         return compile_program(program, state_dict)
     if checked is not None:
         return checked
+    keys = list(state_dict)
     raise ArchitectureError(["no architecture family recognises these tensor names and no declarative "
-                             "architecture was given; unplaced tensors: " + ", ".join(list(state_dict)[:20])
-                             + (" ..." if len(state_dict) > 20 else "")])
+                             "architecture was given"] + [f"tensor {k!r} was not placed" for k in keys[:50]]
+                            + ([f"... and {len(keys) - 50} more tensors"] if len(keys) > 50 else []))
 
 
 def describe_module(module: nn.Module, example_inputs: tuple | None = None) -> ArchitectureDescription:

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from metanets.architecture import describe, to_graph
+from metanets import describe, to_graph
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

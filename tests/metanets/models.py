@@ -180,7 +180,7 @@ SYMMETRY_CASES = ["mlp", "cnn_bn", "cnn_gn", "resnet_blocks", "resnet18", "resne
 
 @functools.cache
 def described(name: str):
-    from metanets.architecture import describe, describe_module
+    from metanets import describe, describe_module
 
     c = case(name)
     if c.traced:

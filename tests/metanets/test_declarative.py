@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from metanets.architecture import (apply_symmetry, describe, graph_to_state_dict, random_symmetry, rebuild,
+from metanets import (apply_symmetry, describe, graph_to_state_dict, random_symmetry, rebuild,
                                    to_graph)
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from metanets.architecture import ArchitectureError, describe, describe_module
+from metanets import ArchitectureError, describe, describe_module
 
 from .models import case
 

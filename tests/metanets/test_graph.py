@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from metanets.architecture import describe, expected_edges, graph_to_state_dict, to_graph
+from metanets import describe, expected_edges, graph_to_state_dict, to_graph
 from metanets.graph.types import EDGE, NODE
 
 from .models import GRAPH_CASES, case, described

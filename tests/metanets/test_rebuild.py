@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from metanets.architecture import ArchitectureDescription, capture_activations, rebuild
+from metanets import ArchitectureDescription, capture_activations, rebuild
 
 from .models import SYMMETRY_CASES, case, described
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metanets.architecture import apply_symmetry, random_symmetry
+from metanets import apply_symmetry, random_symmetry
 
 from .models import SYMMETRY_CASES, case, described
 

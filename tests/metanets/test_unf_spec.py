@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from metanets.architecture import apply_symmetry, random_symmetry, unf_spec, unf_tensors
+from metanets import apply_symmetry, random_symmetry, unf_spec, unf_tensors
 
 from .models import case, described
 

@@ -37,7 +37,7 @@ def unf_spec(desc: ArchitectureDescription) -> list[UNFEntry]:
     """One entry per tensor, or per segment of a packed axis (``c_attn`` gives q, k and v entries)."""
     entries = []
     for name, t in desc.tensors.items():
-        if t.tied_to or not getattr(torch, t.dtype).is_floating_point:
+        if not t.is_edge:
             continue
         packed = next((i for i, a in enumerate(t.axes) if len(a) > 1), None)
         pieces = [None] if packed is None else list(range(len(t.axes[packed])))

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .description import SINGLETON, SPATIAL, ArchitectureDescription, InputSpec, NodeGroup, Op, Program, TensorSpec
+from .description import CONSTANT_ROLES, FIXED, SINGLETON, SPATIAL, ArchitectureDescription, InputSpec, NodeGroup, Op, Program, TensorSpec
 from .errors import ArchitectureError
 
 # When groups merge, the merged group takes the first kind of this list that any member has.
 _KIND_PRIORITY = ("input", "vocab", "position", "output", "head", "norm", "bias", "hidden")
-_BUFFER_ROLES = {"running_mean", "running_var", "num_batches_tracked", "position_ids"}
+_BUFFER_ROLES = {"running_mean", "running_var", *CONSTANT_ROLES}
 _NORMS = {"batchnorm", "layernorm", "rmsnorm", "groupnorm"}
 _ALIASING = {"act", "dropout", "maxpool", "avgpool", "adaptive_avgpool", "to_tokens", "select_token",
              "mean_tokens", "identity"}
@@ -123,7 +123,7 @@ class _Compiler:
         if len(axes) != len(shape):
             raise ArchitectureError(f"tensor {name!r} ({op.kind} {role}) has {len(shape)} axes, expected {len(axes)}")
         for i, segments in enumerate(axes):
-            sizes = [1 if s == SINGLETON else shape[i] if s == SPATIAL else self.size(s) for s in segments]
+            sizes = [1 if s == SINGLETON else shape[i] if s in (SPATIAL, FIXED) else self.size(s) for s in segments]
             if sum(sizes) != shape[i]:
                 raise ArchitectureError(f"tensor {name!r} axis {i} has size {shape[i]} but op {op.name!r} "
                                         f"needs {'+'.join(map(str, sizes))}")
@@ -133,7 +133,7 @@ class _Compiler:
                 if len(old) != len(new):
                     raise ArchitectureError(f"tied tensor {name!r} is used with different layouts")
                 for a, b in zip(old, new):
-                    if a != b and SPATIAL not in (a, b) and SINGLETON not in (a, b):
+                    if a != b and not a.startswith("@") and not b.startswith("@"):
                         self.unify(a, b, f"tied tensor {name!r}")
             return
         self.tensors[name] = TensorSpec(name, list(shape), str(t.dtype).removeprefix("torch."), role, op.name,
@@ -308,6 +308,8 @@ def _add_embedding(c: _Compiler, op: Op) -> None:
     x = c.value(op.inputs[0], op, w[-1], "weight")
     vocab = c.new_group(f"{op.name}.vocab", w[0], "vocab", False)
     c.place(op, "weight", [[vocab], [x]])
+    if op.params.get("token_type_ids"):  # the default ids some BERT checkpoints store
+        c.place(op, "token_type_ids", [[FIXED]] * len(c.shape(op, "token_type_ids")))
     c.values[op.output] = x
 
 
@@ -376,6 +378,9 @@ def _attention(c: _Compiler, op: Op) -> None:
             c.place_vector(op, f"{role}_bias", g, "bias")
     c.place(op, "o_weight", mat([y], o_in))
     c.place_vector(op, "o_bias", y, "bias")
+    for role in ("causal_mask", "masked_bias"):  # constants stored by older GPT-2 checkpoints
+        if op.params.get(role):
+            c.place(op, role, [[FIXED]] * len(c.shape(op, role)))
     c.values[op.output] = y
 
 

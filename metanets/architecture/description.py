@@ -14,6 +14,7 @@ GROUP_KINDS = ("input", "hidden", "output", "bias", "norm", "head", "position", 
 # Axis tokens that are not neuron groups; neither is ever permuted.
 SPATIAL = "@spatial"  # a kernel position axis
 SINGLETON = "@one"  # a broadcast axis of size 1 (cls token, learned position table)
+FIXED = "@fixed"  # any other axis that holds no neurons (a stored attention mask)
 
 
 @dataclass
@@ -33,12 +34,16 @@ class NodeGroup:
     parent: str | None = None
 
 
+# Tensor roles that hold no weights: stored beside the graph's edges, never permuted by a metanetwork.
+CONSTANT_ROLES = ("num_batches_tracked", "position_ids", "token_type_ids", "causal_mask", "masked_bias")
+
+
 @dataclass
 class TensorSpec:
     """One parameter or buffer of the state dict and the group of each of its axes.
 
     ``axes[i]`` is a list of segments concatenated along axis i (packed QKV has three); a segment is a group
-    name, ``@spatial`` or ``@one``. ``source`` is the size-1 parameter node (bias, norm) feeding a 1-D tensor.
+    name, ``@spatial``, ``@one`` or ``@fixed``. ``source`` is the size-1 parameter node (bias, norm) feeding a 1-D tensor.
     """
 
     name: str
@@ -50,6 +55,11 @@ class TensorSpec:
     buffer: bool = False
     source: str | None = None
     tied_to: str | None = None
+
+    @property
+    def is_edge(self) -> bool:
+        """Whether the graph holds this tensor as edges (float weights and statistics, stored once)."""
+        return not self.tied_to and self.role not in CONSTANT_ROLES and self.dtype.startswith(("float", "bfloat"))
 
 
 @dataclass

@@ -202,7 +202,8 @@ class GPT2(_Family):
             m = f"h.{i}"
             a = b("attention", f"{m}.attn", self.norm("layernorm", f"{m}.ln_1", x, eps=eps),
                   params={**self.keys(f"{m}.attn", "qkv_weight:c_attn.weight", "qkv_bias:c_attn.bias",
-                                      "o_weight:c_proj.weight", "o_bias:c_proj.bias")},
+                                      "o_weight:c_proj.weight", "o_bias:c_proj.bias",
+                                      "causal_mask:bias", "masked_bias:masked_bias")},
                   heads=heads, transposed=True, causal=True if h.causal is None else h.causal)
             x = b("add", f"{m}.add_1", a, x)
             y = self.linear(f"{m}.mlp.c_fc", self.norm("layernorm", f"{m}.ln_2", x, eps=eps), transposed=True)
@@ -324,7 +325,8 @@ class Bert(_Family):
               params={"weight": f"{e}.word_embeddings.weight"})
         if self.has(f"{e}.token_type_embeddings.weight"):
             x = b("add_embedding", f"{e}.token_type_embeddings", x,
-                  params={"weight": f"{e}.token_type_embeddings.weight"})
+                  params={"weight": f"{e}.token_type_embeddings.weight",
+                          "token_type_ids": f"{e}.token_type_ids" if self.has(f"{e}.token_type_ids") else None})
         x = b("add_positions", f"{e}.position_embeddings", x, params={
             "weight": f"{e}.position_embeddings.weight", "position_ids": f"{e}.position_ids"
             if self.has(f"{e}.position_ids") else None})

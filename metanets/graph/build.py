@@ -90,8 +90,7 @@ def to_graph(desc: ArchitectureDescription, state_dict: dict[str, torch.Tensor],
     box = kernel_grid(desc, grid) if mode == "vector" else (1, 1, 1)
     width = math.prod(box)
     blocks = edge_blocks(desc, lay, mode)
-    missing = [n for n, t in desc.tensors.items() if n not in blocks and not t.tied_to
-               and getattr(torch, t.dtype).is_floating_point]
+    missing = [n for n, t in desc.tensors.items() if n not in blocks and t.is_edge]
     if missing:
         raise ArchitectureError([f"tensor {n!r} has no place in the graph" for n in missing])
     n_tensor = sum(n for _, n in blocks.values())
@@ -130,11 +129,14 @@ def to_graph(desc: ArchitectureDescription, state_dict: dict[str, torch.Tensor],
         edge_type[sl] = kind
         edge_attr[sl, centre] = 1.0
         off += len(dst)
-    ints = [state_dict[n].reshape(-1).long() for n, t in desc.tensors.items()
-            if not t.tied_to and not getattr(torch, t.dtype).is_floating_point]
+    rest = [n for n, t in desc.tensors.items() if not t.is_edge and not t.tied_to]
+    ints = [state_dict[n].reshape(-1).long() for n in rest if not state_dict[n].is_floating_point()]
+    floats = [state_dict[n].reshape(-1).double() for n in rest if state_dict[n].is_floating_point()]
     x = torch.stack((torch.cat(lay.node_type), torch.cat(lay.node_layer), torch.cat(lay.node_index)), dim=1)
     data = Data(x=x, edge_index=edge_index, edge_attr=edge_attr, edge_type=edge_type,
-                int_buffers=torch.cat(ints) if ints else torch.zeros(0, dtype=torch.long), num_nodes=lay.num_nodes)
+                int_buffers=torch.cat(ints) if ints else torch.zeros(0, dtype=torch.long),
+                float_buffers=torch.cat(floats) if floats else torch.zeros(0, dtype=torch.float64),
+                num_nodes=lay.num_nodes)
     if mode == "scalar":
         data.edge_pos = edge_geom
     else:

@@ -20,16 +20,16 @@ def graph_to_state_dict(desc: ArchitectureDescription, data: Data) -> dict[str, 
     centre = (math.prod(box) - 1) // 2
     blocks = edge_blocks(desc, layout(desc), mode)
     out: dict[str, torch.Tensor] = {}
-    ints = data.int_buffers
-    int_off = 0
+    stores = {True: data.float_buffers, False: data.int_buffers}  # constants beside the edges, by float-ness
+    offsets = {True: 0, False: 0}
     for name, t in desc.tensors.items():
         dtype = getattr(torch, t.dtype)
         if t.tied_to:
             continue
         if name not in blocks:
-            n = math.prod(t.shape)
-            out[name] = ints[int_off:int_off + n].view(t.shape).to(dtype)
-            int_off += n
+            n, kind = math.prod(t.shape), dtype.is_floating_point
+            out[name] = stores[kind][offsets[kind]:offsets[kind] + n].view(t.shape).to(dtype)
+            offsets[kind] += n
             continue
         off, n = blocks[name]
         vals = data.edge_attr[off:off + n]

@@ -92,7 +92,7 @@ def layout(desc: ArchitectureDescription) -> Layout:
 
 def _vector(desc, lay, op: Op, role: str, dst: torch.Tensor, layer: int, edge: str, node: str) -> None:
     name = op.params.get(role)
-    if name is None or name in lay.recipes or not desc.tensors[name].dtype.startswith(("float", "bfloat")):
+    if name is None or name in lay.recipes or not desc.tensors[name].is_edge:
         return
     src = lay.nodes(desc, desc.tensors[name].source, layer, node)
     lay.recipes[name] = Recipe(name, None, src, 0, dst, EDGE[edge])

@@ -142,3 +142,25 @@ def test_batches_of_different_architectures(mode):
         for key in ("x", "edge_index", "edge_attr", "edge_type", "int_buffers"):
             assert torch.equal(part[key], g[key]), (n, key)
         _assert_same_state_dict(graph_to_state_dict(described(n), part), case(n).model.state_dict())
+
+
+def test_legacy_gpt2_mask_buffers_are_kept():
+    c = case("gpt2")
+    sd = dict(c.model.state_dict())
+    for i in range(2):  # what older transformers versions stored in GPT-2 checkpoints
+        sd[f"transformer.h.{i}.attn.bias"] = torch.ones(12, 12, dtype=torch.bool).tril().view(1, 1, 12, 12)
+        sd[f"transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    desc = describe(sd, {"num_heads": 4})
+    assert desc.tensors["transformer.h.0.attn.bias"].buffer
+    data = to_graph(desc, sd)
+    assert data.num_edges == to_graph(described("gpt2"), c.model.state_dict()).num_edges
+    _assert_same_state_dict(graph_to_state_dict(desc, data), sd)
+
+
+def test_bert_stored_id_buffers_are_kept():
+    c = case("bert")
+    sd = dict(c.model.state_dict())
+    sd["bert.embeddings.position_ids"] = torch.arange(12).view(1, 12)
+    sd["bert.embeddings.token_type_ids"] = torch.zeros(1, 12, dtype=torch.long)
+    desc = describe(sd, {"num_heads": 4})
+    _assert_same_state_dict(graph_to_state_dict(desc, to_graph(desc, sd)), sd)

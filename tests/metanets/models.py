@@ -164,6 +164,14 @@ def case(name: str) -> Case:
                               depth=2, num_heads=4, num_classes=5)
         return Case(name, _ready(m), (torch.randn(2, 3, 16, 16, generator=_gen(1), dtype=torch.float64),),
                     {"num_heads": 4})
+    if name == "vit_avg":
+        import timm
+
+        m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, embed_dim=16,
+                              depth=1, num_heads=2, num_classes=3, global_pool="avg", class_token=False,
+                              init_values=0.1)
+        return Case(name, _ready(m), (torch.randn(2, 3, 16, 16, generator=_gen(1), dtype=torch.float64),),
+                    {"num_heads": 2})
     if name == "bert":
         from transformers import BertConfig, BertForSequenceClassification
 
@@ -175,7 +183,7 @@ def case(name: str) -> Case:
 
 
 SYMMETRY_CASES = ["mlp", "cnn_bn", "cnn_gn", "resnet_blocks", "resnet18", "resnet_bottleneck", "tiny_lm", "gpt2",
-                  "llama", "llama_gqa", "vit", "bert"]
+                  "llama", "llama_gqa", "vit", "vit_avg", "bert"]
 
 
 @functools.cache

@@ -1,5 +1,7 @@
 """Parameter graph: exact inverse, edge counts, structure, vector mode and batching of different architectures."""
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch_geometric.data import Batch
 
@@ -164,3 +166,20 @@ def test_bert_stored_id_buffers_are_kept():
     sd["bert.embeddings.token_type_ids"] = torch.zeros(1, 12, dtype=torch.long)
     desc = describe(sd, {"num_heads": 4})
     _assert_same_state_dict(graph_to_state_dict(desc, to_graph(desc, sd)), sd)
+
+
+@settings(max_examples=15, deadline=None)
+@given(widths=st.lists(st.integers(1, 6), min_size=2, max_size=5),
+       dtypes=st.lists(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]), min_size=1,
+                       max_size=3),
+       seed=st.integers(0, 1000))
+def test_round_trip_random_mlps_and_mixed_dtypes(widths, dtypes, seed):
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        sd[f"{2 * i}.weight"] = torch.randn(b, a, generator=g).to(dtypes[i % len(dtypes)])
+        sd[f"{2 * i}.bias"] = torch.randn(b, generator=g).to(dtypes[(i + 1) % len(dtypes)])
+    desc = describe(sd)
+    data = to_graph(desc, sd)
+    assert data.num_edges == sum(t.numel() for t in sd.values())
+    _assert_same_state_dict(graph_to_state_dict(desc, data), sd)

@@ -29,10 +29,6 @@ def _indices(keys, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in keys if (m := re.fullmatch(pattern, k))})
 
 
-def _has(sd: StateDict, key: str) -> str | None:
-    return key if key in sd else None
-
-
 class _Family:
     """Shared helpers: optional-parameter lookup relative to the family's prefix."""
 

@@ -41,7 +41,7 @@ def kernel_grid(desc: ArchitectureDescription, grid: tuple[int, ...] | None = No
     return tuple(box)
 
 
-def _window(kernel: tuple[int, ...], grid: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+def kernel_window(kernel: tuple[int, ...], grid: tuple[int, int, int]) -> tuple[slice, slice, slice]:
     k3 = (1,) * (3 - len(kernel)) + tuple(kernel)
     return tuple(slice((g - k) // 2, (g - k) // 2 + k) for g, k in zip(grid, k3))
 
@@ -112,7 +112,7 @@ def to_graph(desc: ArchitectureDescription, state_dict: dict[str, torch.Tensor],
             shape = tuple(t.shape[:2])
             _fill_indices(r, shape, edge_index[:, sl], edge_type[sl])
             k = tuple(t.shape[2:])
-            edge_attr[sl].view(*shape, *box)[(..., *_window(k, box))].copy_(t.view(*shape, *((1,) * (3 - len(k))), *k))
+            edge_attr[sl].view(*shape, *box)[(..., *kernel_window(k, box))].copy_(t.view(*shape, *((1,) * (3 - len(k))), *k))
             edge_geom[sl] = torch.tensor((1,) * (3 - len(k)) + k, dtype=torch.int8)
             continue
         shape = tuple(t.shape)

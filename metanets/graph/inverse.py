@@ -7,7 +7,7 @@ import torch
 from torch_geometric.data import Data
 
 from ..architecture.description import ArchitectureDescription
-from .build import _window, edge_blocks, is_vectorised
+from .build import kernel_window, edge_blocks, is_vectorised
 from .layout import layout
 
 
@@ -35,7 +35,7 @@ def graph_to_state_dict(desc: ArchitectureDescription, data: Data) -> dict[str, 
         vals = data.edge_attr[off:off + n]
         if is_vectorised(desc, name, mode):
             k = tuple(t.shape[2:])
-            full = vals.view(t.shape[0], t.shape[1], *box)[(..., *_window(k, box))]
+            full = vals.view(t.shape[0], t.shape[1], *box)[(..., *kernel_window(k, box))]
             out[name] = full.reshape(t.shape).to(dtype).clone()
         else:
             out[name] = vals[:, centre].reshape(t.shape).to(dtype).clone()

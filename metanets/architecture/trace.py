@@ -11,6 +11,10 @@ from torch import fx, nn
 from .description import InputSpec, Op, Program
 from .errors import ArchitectureError
 
+class UnsupportedModule(ArchitectureError):
+    """The trace found a layer we refuse (grouped conv, RNN, masked attention): names would misdescribe it too."""
+
+
 _ACT_MODULES = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.ELU: "elu",
                 nn.Softplus: "softplus", nn.Mish: "mish", nn.Hardswish: "hardswish", nn.ReLU6: "relu6"}
 _ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.silu: "silu", torch.tanh: "tanh", torch.sigmoid: "sigmoid",
@@ -20,12 +24,12 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 def _conv_padding(m: nn.Module) -> list[int]:
     if m.padding_mode != "zeros":
-        raise ArchitectureError(f"conv {type(m).__name__} with padding_mode {m.padding_mode!r} is not supported")
+        raise UnsupportedModule(f"conv {type(m).__name__} with padding_mode {m.padding_mode!r} is not supported")
     if m.padding == "valid":
         return [0] * len(m.kernel_size)
     if m.padding == "same":
         if any(k % 2 == 0 for k in m.kernel_size) or any(d != 1 for d in m.dilation):
-            raise ArchitectureError("padding='same' is only supported for odd kernels without dilation")
+            raise UnsupportedModule("padding='same' is only supported for odd kernels without dilation")
         return [k // 2 for k in m.kernel_size]
     return list(m.padding)
 
@@ -107,6 +111,8 @@ class _Tracer:
             return {r.split(":")[0]: f"{path}.{r.split(':')[-1]}" for r in roles
                     if getattr(m, r.split(":")[-1], None) is not None}
 
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups != 1:
+            raise UnsupportedModule(f"conv {path!r}: grouped and depthwise convolutions are not supported yet")
         if isinstance(m, nn.Linear):
             self.emit(node, "linear", [x], keys("weight", "bias"), path)
         elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -114,12 +120,12 @@ class _Tracer:
                       padding=_conv_padding(m), dilation=list(m.dilation), groups=m.groups)
         elif isinstance(m, _NORMS):
             if m.running_mean is None:
-                raise ArchitectureError(f"batchnorm {path!r} without running statistics is not supported")
+                raise UnsupportedModule(f"batchnorm {path!r} without running statistics is not supported")
             self.emit(node, "batchnorm", [x], keys("weight", "bias", "running_mean", "running_var",
                                                    "num_batches_tracked"), path, eps=m.eps)
         elif isinstance(m, nn.LayerNorm):
             if len(m.normalized_shape) != 1:
-                raise ArchitectureError(f"layernorm {path!r} over {len(m.normalized_shape)} axes is not supported")
+                raise UnsupportedModule(f"layernorm {path!r} over {len(m.normalized_shape)} axes is not supported")
             self.emit(node, "layernorm", [x], keys("weight", "bias"), path, eps=m.eps)
         elif isinstance(m, nn.GroupNorm):
             self.emit(node, "groupnorm", [x], keys("weight", "bias"), path, num_groups=m.num_groups, eps=m.eps)
@@ -151,21 +157,22 @@ class _Tracer:
         elif isinstance(m, nn.MultiheadAttention):
             self.attention(node, m, path)
         else:
-            raise ArchitectureError(f"module {path!r} of type {type(m).__name__} cannot be traced into an op")
+            error = UnsupportedModule if any(True for _ in m.parameters()) else ArchitectureError
+            raise error(f"module {path!r} of type {type(m).__name__} cannot be traced into an op")
 
     def attention(self, node: fx.Node, m: nn.MultiheadAttention, path: str) -> None:
         q, k, v = (list(node.args) + [node.kwargs.get(n) for n in ("query", "key", "value")])[:3]
         if not (q is k is v):
-            raise ArchitectureError(f"attention {path!r}: only self-attention (query = key = value) is supported")
+            raise UnsupportedModule(f"attention {path!r}: only self-attention (query = key = value) is supported")
         if any(node.kwargs.get(n) is not None for n in ("attn_mask", "key_padding_mask")) or m.bias_k is not None:
-            raise ArchitectureError(f"attention {path!r}: masks and bias_k/bias_v are not supported")
+            raise UnsupportedModule(f"attention {path!r}: masks and bias_k/bias_v are not supported")
         params = {"o_weight": f"{path}.out_proj.weight",
                   "o_bias": f"{path}.out_proj.bias" if m.out_proj.bias is not None else None}
         if m._qkv_same_embed_dim:
             params.update(qkv_weight=f"{path}.in_proj_weight",
                           qkv_bias=f"{path}.in_proj_bias" if m.in_proj_bias is not None else None)
         else:
-            raise ArchitectureError(f"attention {path!r}: kdim/vdim different from embed_dim are not supported")
+            raise UnsupportedModule(f"attention {path!r}: kdim/vdim different from embed_dim are not supported")
         self.emit(node, "attention", [q], params, path, heads=m.num_heads, batch_first=m.batch_first,
                   causal=bool(node.kwargs.get("is_causal", False)))
 

@@ -64,3 +64,29 @@ def test_declarative_agrees_with_family():
                     {"name": "b", "kind": "linear", "inputs": ["r"], "params": {"weight": "2.weight", "bias": "2.bias"}}],
             "outputs": ["b"]}
     assert torch.equal(to_graph(describe(sd, declarative=spec), sd).edge_index, to_graph(describe(sd), sd).edge_index)
+
+
+def test_untraceable_module_falls_back_to_its_family():
+    from metanets import describe_module
+
+    from .models import case
+
+    c = case("gpt2")  # Hugging Face models do not trace with plain torch.fx
+    desc = describe_module(c.model, c.inputs, hints={"num_heads": 4})
+    assert desc.family == "gpt2"
+
+
+def test_sequential_family_matches_the_trace():
+    from metanets import describe_module
+
+    from .models import case
+
+    c = case("cnn_gn")
+    sd = c.model.state_dict()
+    by_names = describe(sd, {"groupnorm_groups": 2})
+    traced = describe_module(c.model, c.inputs)
+    assert by_names.family == "sequential" and traced.family == "traced"
+    for a, b in ((to_graph(by_names, sd), to_graph(traced, sd)),):
+        assert torch.equal(a.edge_index, b.edge_index) and torch.equal(a.edge_type, b.edge_type)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuild(by_names, sd)(*c.inputs), c(), atol=1e-12, rtol=0)

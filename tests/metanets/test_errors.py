@@ -88,3 +88,14 @@ def test_grouped_convolution_is_refused():
                           nn.Linear(4, 2))
     with pytest.raises(ArchitectureError, match=r"grouped and depthwise"):
         describe_module(model, (torch.randn(1, 4, 6, 6),))
+
+
+def test_trace_falls_back_only_when_fx_cannot_follow_the_code():
+    class Dynamic(nn.Sequential):
+        def forward(self, x):
+            for m in self:
+                x = m(x) if x.sum() > -1e9 else x  # data-dependent control flow defeats torch.fx
+            return x
+
+    model = Dynamic(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert describe_module(model, (torch.randn(2, 3),)).family == "sequential"

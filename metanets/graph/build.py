@@ -146,11 +146,14 @@ def to_graph(desc: ArchitectureDescription, state_dict: dict[str, torch.Tensor],
 
 
 def expected_edges(desc: ArchitectureDescription, mode: str = "scalar") -> dict[str, int]:
-    """Edge count by origin: parameter (and running-statistic) scalars or channel pairs, plus each extra type."""
+    """Edge count by origin: ``parameters`` (scalars, or conv channel pairs in vector mode), ``running_stats``
+    (BatchNorm buffers) and one entry per extra edge type; they sum to the graph's edge count."""
     from .types import EDGE_TYPES
 
     lay = layout(desc)
-    counts = {"tensors": sum(n for _, n in edge_blocks(desc, lay, mode).values())}
+    counts = {"parameters": 0, "running_stats": 0}
+    for name, (_, n) in edge_blocks(desc, lay, mode).items():
+        counts["running_stats" if desc.tensors[name].buffer else "parameters"] += n
     for _, dst, kind in lay.extras:
         counts[EDGE_TYPES[kind]] = counts.get(EDGE_TYPES[kind], 0) + len(dst)
     return counts

@@ -55,8 +55,9 @@ def test_structure(name):
     desc = described(name)
     data = to_graph(desc, sd)
     counts = expected_edges(desc)
-    assert counts["tensors"] == _unique_float_params(sd)
-    assert data.num_edges == counts["tensors"] + sum(v for k, v in counts.items() if k != "tensors")
+    assert counts["parameters"] == sum(p.numel() for p in case(name).model.parameters())
+    assert counts["parameters"] + counts["running_stats"] == _unique_float_params(sd)
+    assert data.num_edges == sum(counts.values())
     assert data.edge_index.max() < data.num_nodes
     used = torch.zeros(data.num_nodes, dtype=torch.bool)
     used[data.edge_index.reshape(-1)] = True

@@ -337,13 +337,14 @@ class Bert(_Family):
             y = b("act", f"{m}.intermediate.act", self.linear(f"{m}.intermediate.dense", x), fn=act)
             y = self.linear(f"{m}.output.dense", y)
             x = self.norm("layernorm", f"{m}.output.LayerNorm", b("add", f"{m}.add_2", y, x), eps=eps)
-        if self.has("pooler.dense.weight"):
-            x = b("act", "pooler.act", self.linear("pooler.dense", b("select_token", "pooler.first", x)), fn="tanh")
-            outer = self.prefix.removesuffix("bert.")
-            if self.prefix.endswith("bert.") and outer + "classifier.weight" in self.sd:
-                self.prefix, self.b.prefix = outer, outer
-                x = self.linear("classifier", x)
-        return b.program(x)
+        if not self.has("pooler.dense.weight"):
+            return b.program(x)
+        pooled = b("act", "pooler.act", self.linear("pooler.dense", b("select_token", "pooler.first", x)), fn="tanh")
+        outer = self.prefix.removesuffix("bert.")
+        if self.prefix.endswith("bert.") and outer + "classifier.weight" in self.sd:
+            self.prefix, self.b.prefix = outer, outer
+            return b.program(self.linear("classifier", pooled))
+        return b.program(x, pooled)  # BertModel: last hidden state and pooled output
 
 
 FAMILIES: dict[str, type[_Family]] = {f.name: f for f in (ResNet, GPT2, Llama, ViT, Bert, Sequential)}

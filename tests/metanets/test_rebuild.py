@@ -42,3 +42,22 @@ def test_rebuilt_module_follows_new_weights():
     with torch.no_grad():
         torch.testing.assert_close(module(*c.inputs), c(sd), atol=1e-12, rtol=0)
         assert not torch.allclose(module(*c.inputs), c())
+
+
+def test_bert_encoder_without_head_returns_both_outputs():
+    from transformers import BertConfig, BertModel
+
+    from metanets import describe
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=27, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+                                 intermediate_size=24, max_position_embeddings=12)).double().eval()
+    ids = torch.randint(0, 27, (2, 5))
+    desc = describe(model.state_dict(), {"num_heads": 4})
+    with torch.no_grad():
+        hidden, pooled = rebuild(desc, model.state_dict())(ids)
+        ref = model(ids)
+    torch.testing.assert_close(hidden, ref.last_hidden_state, atol=1e-10, rtol=0)
+    torch.testing.assert_close(pooled, ref.pooler_output, atol=1e-10, rtol=0)
+    stream = desc.groups[desc.value_groups[desc.outputs[0]]]
+    assert stream.kind == "output" and not stream.permutable, "hidden states are outputs: their order is fixed"

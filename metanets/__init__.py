@@ -1,15 +1,25 @@
-"""Weight-space science core: describe a checkpoint once, then generate graphs, specs, symmetries and modules."""
-from .architecture import (CONVERTER_VERSION, ArchitectureDescription, ArchitectureError, Hints, InputSpec, NodeGroup,
-                           Op, Program, TensorSpec, compile_program, describe, describe_module, parse_declarative)
-from .graph.build import expected_edges, to_graph
-from .graph.inverse import graph_to_state_dict
-from .runnable import RebuiltNetwork, capture_activations, rebuild
-from .symmetry import apply_symmetry, random_symmetry
-from .unf_spec import UNFEntry, unf_spec, unf_tensors
+"""Weight-space science core: describe a checkpoint once, then generate graphs, specs, symmetries and modules.
 
-__all__ = [
-    "CONVERTER_VERSION", "ArchitectureDescription", "ArchitectureError", "Hints", "InputSpec", "NodeGroup", "Op",
-    "Program", "RebuiltNetwork", "TensorSpec", "UNFEntry", "apply_symmetry", "capture_activations",
-    "compile_program", "describe", "describe_module", "expected_edges", "graph_to_state_dict",
-    "parse_declarative", "random_symmetry", "rebuild", "to_graph", "unf_spec", "unf_tensors",
-]
+Exports load on first use (PEP 562), so light modules such as `metanets.tensor_stats` import without torch."""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "CONVERTER_VERSION": "architecture", "ArchitectureDescription": "architecture", "ArchitectureError": "architecture",
+    "Hints": "architecture", "InputSpec": "architecture", "NodeGroup": "architecture", "Op": "architecture",
+    "Program": "architecture", "TensorSpec": "architecture", "compile_program": "architecture",
+    "describe": "architecture", "describe_module": "architecture", "parse_declarative": "architecture",
+    "expected_edges": "graph.build", "to_graph": "graph.build", "graph_to_state_dict": "graph.inverse",
+    "RebuiltNetwork": "runnable", "capture_activations": "runnable", "rebuild": "runnable",
+    "apply_symmetry": "symmetry", "random_symmetry": "symmetry",
+    "UNFEntry": "unf_spec", "unf_spec": "unf_spec", "unf_tensors": "unf_spec",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'metanets' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

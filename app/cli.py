@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         from storage import keys
 
-        with services.sessions() as session, session.begin():
+        with services.writing() as session:
             if args.action == "create":
                 row, secret = keys.create(session, args.name)
                 session.flush()

@@ -13,6 +13,7 @@ from storage.formats import EmptyUpload, InvalidBundle, TensorFile, open_tensor_
 from storage.formats.sharded import is_index, parse_index, check_bundle
 from storage.models import Checkpoint, CheckpointFile, TensorRecord
 
+from .architecture import describe_file
 from .services import Services
 from .uploads import Received, ReceivedFile
 
@@ -25,6 +26,7 @@ class UploadMeta:
     run: str | None = None
     step: int | None = None
     tags: list[str] = field(default_factory=list)
+    architecture: dict | None = None  # hints and/or declarative description, checked against the weights
 
 
 def ingest(services: Services, received: Received, meta: UploadMeta) -> Checkpoint:
@@ -75,6 +77,7 @@ def _ingest(services: Services, received: Received, meta: UploadMeta, scratch: l
 
     header = safetensors.read_header_at(canonical)
     tensor_rows = _tensor_rows(canonical, header)
+    description = describe_file(canonical, meta.architecture) if meta.architecture else None
 
     originals = [f.staged.commit() for f in files]
     if fmt == "safetensors":
@@ -98,12 +101,14 @@ def _ingest(services: Services, received: Received, meta: UploadMeta, scratch: l
         dtypes=sorted({r.dtype for r in tensor_rows}),
         file_metadata=metadata,
         tied=tied,
+        architecture_input=meta.architecture,
+        architecture=description,
     )
     file_rows = [
         CheckpointFile(position=i, filename=f.filename or _default_filename(fmt), sha256=info.sha256, size=info.size)
         for i, (f, info) in enumerate(zip(files, originals))
     ]
-    with services.sessions() as session, session.begin():
+    with services.writing() as session:
         checkpoint_rows.add(session, checkpoint, file_rows, tensor_rows, meta.tags)
     return checkpoint
 

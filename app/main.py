@@ -15,7 +15,7 @@ from . import problems
 from .auth import KeyRegistry, require_key
 from .jobs.executor import EmbeddedExecutor, NoExecutor
 from .observability import RequestContext, configure_logging
-from .routers import checkpoints, health, jobs
+from .routers import architecture, checkpoints, health, jobs
 from .services import Services
 from .settings import Settings
 
@@ -84,6 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
-    for router in (checkpoints.router, jobs.router):
+    for router in (checkpoints.router, architecture.router, jobs.router):
         app.include_router(router, dependencies=[Depends(require_key)])
     return app

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.blobs import LocalBlobStore
-from storage.db import make_engine, make_sessionmaker
+from storage.db import make_engine, make_sessionmaker, make_write_sessionmaker, transaction
 
 from .settings import Settings
 
@@ -19,13 +19,18 @@ class Services:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    write_sessions: sessionmaker[Session]
     blobs: LocalBlobStore
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.db_url)
-        return cls(settings, engine, make_sessionmaker(engine), LocalBlobStore(settings.blob_dir))
+        return cls(settings, engine, make_sessionmaker(engine), make_write_sessionmaker(engine), LocalBlobStore(settings.blob_dir))
+
+    def writing(self):
+        """`with services.writing() as session:` one write transaction."""
+        return transaction(self.write_sessions)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -36,6 +41,6 @@ def get_services(request: Request) -> Services:
 
 
 def get_session(request: Request):
-    """One session per request, committed by the handler that writes."""
+    """One read session per request; handlers write through `services.writing()`."""
     with request.app.state.services.sessions() as session:
         yield session

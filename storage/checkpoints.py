@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from .models import Checkpoint, CheckpointFile, CheckpointTag, Job, TensorRecord
+from .models import Checkpoint, CheckpointFile, CheckpointTag, GraphBlob, Job, TensorRecord
 
 
 class InvalidCursor(ValueError):
@@ -86,6 +86,31 @@ def list_page(
 
 def remove(session: Session, checkpoint_id: str) -> bool:
     """Delete the rows (files, tensors, tags and jobs cascade); blobs are reclaimed by garbage collection."""
-    for model in (CheckpointTag, CheckpointFile, TensorRecord, Job):
+    for model in (CheckpointTag, CheckpointFile, TensorRecord, Job, GraphBlob):
         session.execute(delete(model).where(model.checkpoint_id == checkpoint_id))
     return session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id)).rowcount > 0
+
+
+def set_architecture(session: Session, checkpoint_id: str, supplied: dict | None, description: dict) -> None:
+    """Store the user's architecture input and the description built from it; cached graphs no longer apply."""
+    checkpoint = session.get(Checkpoint, checkpoint_id)
+    checkpoint.architecture_input = supplied
+    checkpoint.architecture = description
+    session.execute(delete(GraphBlob).where(GraphBlob.checkpoint_id == checkpoint_id))
+
+
+def cache_description(session: Session, checkpoint_id: str, description: dict) -> None:
+    session.get(Checkpoint, checkpoint_id).architecture = description
+
+
+def graph(session: Session, checkpoint_id: str, converter_version: str, mode: str) -> GraphBlob | None:
+    return session.get(GraphBlob, (checkpoint_id, converter_version, mode))
+
+
+def add_graph(session: Session, row: GraphBlob) -> GraphBlob:
+    """Insert a cached graph unless a concurrent request already did; returns the stored row."""
+    existing = graph(session, row.checkpoint_id, row.converter_version, row.mode)
+    if existing is not None:
+        return existing
+    session.add(row)
+    return row

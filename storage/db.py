@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -27,16 +29,31 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin_immediate(conn):
-            # Take the write lock at BEGIN so concurrent writers queue instead of failing on lock upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _sqlite_begin(conn):
+            # Write transactions take the lock at BEGIN, so concurrent writers queue (busy_timeout) instead of
+            # failing when a read lock cannot be upgraded; reads stay deferred and never block writers (WAL).
+            immediate = conn.get_execution_options().get("sqlite_immediate", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for reads, and for writes that do not read first."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_write_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for read-then-write transactions: on SQLite they hold the write lock from BEGIN."""
+    return sessionmaker(engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
+
+
+@contextmanager
+def transaction(writes: sessionmaker[Session]) -> Iterator[Session]:
+    """A session in a write transaction, committed on success and rolled back on error."""
+    with writes() as session, session.begin():
+        yield session
 
 
 def migrate(url: str) -> None:

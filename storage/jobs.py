@@ -31,8 +31,8 @@ def _claimable(now: datetime):
 def claim(session: Session, owner: str, lease_seconds: float) -> Job | None:
     """Take the oldest queued job, or one whose worker's lease ran out (the worker crashed), for `owner`.
 
-    Atomic on PostgreSQL through FOR UPDATE SKIP LOCKED, and on SQLite because every transaction takes the
-    write lock at BEGIN (see storage.db)."""
+    Atomic on PostgreSQL through FOR UPDATE SKIP LOCKED, and on SQLite when run in a write transaction
+    (`storage.db.transaction`), which holds the write lock from BEGIN."""
     now = utcnow()
     fail_abandoned(session, now)
     job_id = session.scalar(

@@ -48,6 +48,8 @@ class Checkpoint(Base):
     dtypes: Mapped[list] = mapped_column(default=list)
     file_metadata: Mapped[dict] = mapped_column(default=dict)
     tied: Mapped[list] = mapped_column(default=list)
+    architecture_input: Mapped[dict | None] = mapped_column()  # hints and/or declarative JSON from the user
+    architecture: Mapped[dict | None] = mapped_column()  # cached description (carries its converter_version)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     files: Mapped[list[CheckpointFile]] = relationship(
@@ -118,6 +120,20 @@ class TensorRecord(Base):
     checkpoint: Mapped[Checkpoint] = relationship(back_populates="tensors")
 
     __table_args__ = (Index("ix_tensors_checkpoint", "checkpoint_id", "position"),)
+
+
+class GraphBlob(Base):
+    """A parameter graph built for a checkpoint, cached as a blob per converter version and mode."""
+
+    __tablename__ = "graph_blobs"
+
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), primary_key=True)
+    converter_version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    summary: Mapped[dict] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):

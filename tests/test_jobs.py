@@ -26,7 +26,7 @@ def _services(settings) -> Services:
 
 
 def _enqueue(services: Services, n: int = 1, **kwargs) -> list[str]:
-    with services.sessions() as session, session.begin():
+    with services.writing() as session:
         return [jobs.enqueue(session, "weight_spectra", {}, **kwargs).id for _ in range(n)]
 
 
@@ -35,7 +35,7 @@ def test_claims_are_exclusive_under_concurrency(settings):
     ids = set(_enqueue(services, 12))
 
     def claim(i: int):
-        with services.sessions() as session, session.begin():
+        with services.writing() as session:
             job = jobs.claim(session, f"w{i}", 30)
             return job.id if job else None
 
@@ -49,13 +49,13 @@ def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(settings):
     services = _services(settings)
     (job_id,) = _enqueue(services, max_attempts=2)
     for attempt, owner in enumerate(["a", "b"], start=1):
-        with services.sessions() as session, session.begin():
+        with services.writing() as session:
             job = jobs.claim(session, owner, 30)
             assert job.id == job_id and job.attempts == attempt and job.lease_owner == owner
-        with services.sessions() as session, session.begin():
+        with services.writing() as session:
             assert jobs.claim(session, "c", 30) is None  # leased: nobody else gets it
             session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
-    with services.sessions() as session, session.begin():
+    with services.writing() as session:
         assert not jobs.heartbeat(session, job_id, "a", 30, 0.5)  # a's lease is gone
         assert jobs.claim(session, "c", 30) is None
         job = session.get(Job, job_id)

@@ -38,7 +38,7 @@ def test_env_api_keys_required_when_configured(settings):
 def test_database_keys_are_hashed_and_revocable(client):
     services = client.app.state.services
     assert client.get("/v1/checkpoints").status_code == 200  # no keys anywhere: open on loopback
-    with services.sessions() as session, session.begin():
+    with services.writing() as session:
         row, secret = keys.create(session, "ci")
         session.flush()
         key_id = row.id
@@ -47,7 +47,7 @@ def test_database_keys_are_hashed_and_revocable(client):
     assert client.get("/v1/checkpoints").status_code == 401
     auth = {"Authorization": f"Bearer {secret}"}
     assert client.get("/v1/checkpoints", headers=auth).status_code == 200
-    with services.sessions() as session, session.begin():
+    with services.writing() as session:
         assert keys.revoke(session, key_id)
     assert client.get("/v1/checkpoints", headers=auth).status_code == 401
 

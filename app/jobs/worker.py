@@ -24,7 +24,7 @@ class Worker:
 
     def run_once(self) -> str | None:
         """Claim and run one job; returns its id, or None when nothing was waiting."""
-        with self.services.sessions() as session, session.begin():
+        with self.services.writing() as session:
             job = jobs.claim(session, self.owner, self.lease)
             if job is None:
                 return None
@@ -41,7 +41,7 @@ class Worker:
                                    "detail": f"{type(exc).__name__}: {exc}"[:4000]}
         finally:
             progress.stop()
-        with self.services.sessions() as session, session.begin():
+        with self.services.writing() as session:
             jobs.finish(session, job_id, self.owner, result=result, error=error)
         return job_id
 
@@ -96,7 +96,7 @@ class _ProgressBeat:
         interval = max(0.2, min(self.worker.lease / 3, 2.0))
         while not self._stop.wait(interval):
             try:
-                with self.worker.services.sessions() as session, session.begin():
+                with self.worker.services.writing() as session:
                     jobs.heartbeat(session, self.job_id, self.worker.owner, self.worker.lease, self.value)
             except Exception:
                 log.exception("heartbeat failed", extra={"request_id": self.job_id})

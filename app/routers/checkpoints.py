@@ -12,6 +12,7 @@ from storage import checkpoints, jobs
 from storage.checkpoints import InvalidCursor
 from storage.formats import CheckpointRejected
 
+from ..architecture import ArchitectureInput
 from ..ingest import UploadMeta, ingest
 from ..jobs.kinds import PARAMS
 from ..observability import JOBS_SUBMITTED, UPLOAD_BYTES, UPLOADS_REJECTED
@@ -35,6 +36,7 @@ UPLOAD_BODY = {
                                  "description": "one checkpoint file, or the shards and model.safetensors.index.json"},
                         "name": {"type": "string"}, "run": {"type": "string"}, "step": {"type": "integer"},
                         "tags": {"type": "string", "description": "comma-separated"},
+                        "architecture": {"type": "string", "description": 'JSON: {"hints": {...}} and/or {"declarative": {...}}'},
                     },
                 }
             },
@@ -47,14 +49,25 @@ def _split_tags(values: list[str]) -> list[str]:
     return [t.strip() for v in values for t in v.split(",") if t.strip()]
 
 
-def _meta(name, run, step, tags: list[str], fields: dict[str, str]) -> UploadMeta:
+def _architecture(raw: str | None) -> dict | None:
+    if raw is None:
+        return None
+    try:
+        return ArchitectureInput.model_validate_json(raw).supplied()
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'architecture'}: {e['msg']}" for e in exc.errors())
+        raise Problem(422, "validation-error", f"architecture: {detail}", title="Invalid request") from None
+
+
+def _meta(name, run, step, tags: list[str], fields: dict[str, str], architecture: str | None = None) -> UploadMeta:
     step_value = fields.get("step", step)
     if step_value is not None and not isinstance(step_value, int):
         try:
             step_value = int(step_value)
         except ValueError:
             raise Problem(422, "validation-error", f"step must be an integer, got {step_value!r}", title="Invalid request") from None
-    meta = UploadMeta(fields.get("name", name), fields.get("run", run), step_value, _split_tags(tags + [fields.get("tags", "")]))
+    meta = UploadMeta(fields.get("name", name), fields.get("run", run), step_value, _split_tags(tags + [fields.get("tags", "")]),
+                      _architecture(fields.get("architecture", architecture)))
     for label, value in (("name", meta.name), ("run", meta.run), *(("tag", t) for t in meta.tags)):
         if value is not None and len(value) > 255:
             raise Problem(422, "validation-error", f"{label} is longer than 255 characters", title="Invalid request")
@@ -71,6 +84,7 @@ async def upload_checkpoint(
     step: int | None = Query(None),
     tags: list[str] = Query([], description="repeat or comma-separate"),
     filename: str | None = Query(None, description="original file name, for raw uploads"),
+    architecture: str | None = Query(None, description='JSON: {"hints": {...}} and/or {"declarative": {...}}'),
     services: Services = Depends(get_services),
 ):
     limit = services.settings.max_upload_bytes
@@ -80,7 +94,7 @@ async def upload_checkpoint(
         else:
             received = await receive_raw(request, services.blobs, limit, filename)
         try:
-            meta = _meta(name, run, step, tags, received.fields)
+            meta = _meta(name, run, step, tags, received.fields, architecture)
         except Problem:
             received.discard()
             raise
@@ -159,8 +173,8 @@ def download_file(
 
 
 @router.delete("/{checkpoint_id}", status_code=204, summary="Delete a checkpoint (its blobs are garbage-collected)")
-def delete_checkpoint(checkpoint_id: str, session: Session = Depends(get_session)):
-    with session.begin():
+def delete_checkpoint(checkpoint_id: str, services: Services = Depends(get_services)):
+    with services.writing() as session:
         if not checkpoints.remove(session, checkpoint_id):
             raise not_found("checkpoint", checkpoint_id)
     return Response(status_code=204)
@@ -173,7 +187,7 @@ def start_analysis(
     body: AnalysisRequest,
     request: Request,
     response: Response,
-    session: Session = Depends(get_session),
+    services: Services = Depends(get_services),
 ):
     if body.kind not in PARAMS:
         raise Problem(422, "unknown-analysis", f"analysis kind {body.kind!r} is not one of: {', '.join(sorted(PARAMS))}")
@@ -183,7 +197,7 @@ def start_analysis(
         errors = [{"location": ".".join(map(str, ("params", *e["loc"]))), "message": e["msg"]} for e in exc.errors()]
         detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors)
         raise Problem(422, "validation-error", detail, title="Invalid request", errors=errors) from None
-    with session.begin():
+    with services.writing() as session:
         _checkpoint(session, checkpoint_id)
         job = jobs.enqueue(session, body.kind, params, checkpoint_id)
     request.app.state.executor.submit(job.id)

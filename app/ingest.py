@@ -29,18 +29,39 @@ class UploadMeta:
     architecture: dict | None = None  # hints and/or declarative description, checked against the weights
 
 
-def ingest(services: Services, received: Received, meta: UploadMeta) -> Checkpoint:
+class StreamingStats:
+    """Per-tensor statistics of a safetensors upload, computed while its bytes stream in (no second pass)."""
+
+    def __init__(self) -> None:
+        self.decoder = safetensors.StreamDecoder()
+        self.accumulators: dict[str, StatsAccumulator] = {}
+
+    def feed(self, data: bytes) -> None:
+        for entry, values in self.decoder.feed(data):
+            acc = self.accumulators.get(entry.name)
+            if acc is None:
+                acc = self.accumulators[entry.name] = StatsAccumulator()
+            acc.update(values)
+
+    def result(self, header: safetensors.Header) -> dict[str, StatsAccumulator] | None:
+        """The accumulators, if the stream decoded completely and its header is the one validated on disk."""
+        if not self.decoder.complete or self.decoder.header.tensors != header.tensors:
+            return None
+        return {e.name: self.accumulators.get(e.name) or StatsAccumulator() for e in header.tensors}
+
+
+def ingest(services: Services, received: Received, meta: UploadMeta, streamed: StreamingStats | None = None) -> Checkpoint:
     """Validate and store; on any failure nothing is left behind (no blob, no row)."""
     converted: list[Path] = []
     try:
-        return _ingest(services, received, meta, converted)
+        return _ingest(services, received, meta, converted, streamed)
     finally:
         received.discard()  # committed blobs were moved away; this drops only what is still staged
         for path in converted:
             path.unlink(missing_ok=True)
 
 
-def _ingest(services: Services, received: Received, meta: UploadMeta, scratch: list[Path]) -> Checkpoint:
+def _ingest(services: Services, received: Received, meta: UploadMeta, scratch: list[Path], streamed: StreamingStats | None) -> Checkpoint:
     files = received.files
     if not files or received.size == 0:
         raise EmptyUpload("upload is empty")
@@ -76,7 +97,8 @@ def _ingest(services: Services, received: Received, meta: UploadMeta, scratch: l
         canonical, metadata, tied, fmt = tf.path, tf.metadata, tf.tied, tf.format
 
     header = safetensors.read_header_at(canonical)
-    tensor_rows = _tensor_rows(canonical, header)
+    ready = streamed.result(header) if streamed is not None and fmt == "safetensors" else None
+    tensor_rows = _tensor_rows(canonical, header, ready)
     description = describe_file(canonical, meta.architecture) if meta.architecture else None
 
     originals = [f.staged.commit() for f in files]
@@ -117,13 +139,17 @@ def _default_filename(fmt: str) -> str:
     return "model.safetensors" if fmt == "safetensors" else "model.pt"
 
 
-def _tensor_rows(path: Path, header: safetensors.Header) -> list[TensorRecord]:
+def _tensor_rows(path: Path, header: safetensors.Header, ready: dict[str, StatsAccumulator] | None) -> list[TensorRecord]:
+    """One row per tensor with its statistics: from the stream when it decoded, else from a pass over the file."""
     rows = []
     with open(path, "rb") as f:
         for position, entry in enumerate(header.tensors):
-            acc = StatsAccumulator()
-            for chunk in safetensors.iter_chunks(f, entry, STATS_CHUNK_BYTES):
-                acc.update(chunk)
+            if ready is not None:
+                acc = ready[entry.name]
+            else:
+                acc = StatsAccumulator()
+                for chunk in safetensors.iter_chunks(f, entry, STATS_CHUNK_BYTES):
+                    acc.update(chunk)
             stats = acc.result()
             rows.append(
                 TensorRecord(position=position, name=entry.name, dtype=entry.dtype, shape=list(entry.shape), numel=entry.numel, **stats.as_dict())

@@ -73,15 +73,22 @@ def _write_all(write, chunks: list[bytes]) -> None:
         write(chunk)
 
 
-async def receive_raw(request: Request, store: LocalBlobStore, limit: int, filename: str | None) -> Received:
+async def receive_raw(request: Request, store: LocalBlobStore, limit: int, filename: str | None, observe=None) -> Received:
+    """Stream the body into one staged blob; `observe(chunk)`, if given, sees every chunk too (same thread)."""
     _check_declared_length(request, limit)
     if filename is not None:
         check_filename(filename)
     received = Received()
     staged = store.staging()
     received.files.append(ReceivedFile(filename, staged))
+
+    def write(chunk: bytes) -> None:
+        staged.write(chunk)
+        if observe is not None:
+            observe(chunk)
+
     try:
-        received.size = await _pump(request, staged.write, limit)
+        received.size = await _pump(request, write, limit)
     except BaseException:
         received.discard()
         raise

@@ -66,6 +66,17 @@ def test_tensor_statistics_match_torch(client):
     assert math.isclose(special["mean"], -2 / 3) and special["max"] == 1.0
 
 
+def test_streamed_and_file_pass_statistics_agree(client):
+    """Raw uploads compute statistics while streaming; multipart ones after; both must give the same rows."""
+    tensors = small_state_dict(5)
+    tensors["special"] = torch.tensor([float("nan"), 0.0, 2.5, float("-inf")], dtype=torch.bfloat16)
+    data = safetensors_bytes(tensors)
+    raw = _upload(client, data).json()["id"]
+    form = client.post("/v1/checkpoints", files=multipart([("m.safetensors", data)])).json()["id"]
+    rows = [client.get(f"/v1/checkpoints/{cid}/tensors").json()["items"] for cid in (raw, form)]
+    assert rows[0] == rows[1] and len(rows[0]) == len(tensors)
+
+
 def test_pytorch_zip_round_trip_with_nested_dicts_and_ties(client, settings):
     shared = torch.randn(5, 3)
     obj = {"model": OrderedDict(enc=shared, dec=shared, bias=torch.zeros(5, dtype=torch.bfloat16)),

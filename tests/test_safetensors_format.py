@@ -121,3 +121,34 @@ def test_refuses_negative_and_non_integer_shapes():
 
 def test_refuses_non_string_metadata():
     _check(_file({"__metadata__": {"a": 1}}), "__metadata__ must map strings to strings")
+
+
+@settings(max_examples=60, deadline=None)
+@given(state_dicts(), st.lists(st.integers(1, 64), min_size=1, max_size=40))
+def test_stream_decoder_yields_exact_values_for_any_chunking(tensors, sizes):
+    data = safetensors.torch.save(tensors)
+    decoder = stf.StreamDecoder()
+    pieces: dict[str, list[np.ndarray]] = {}
+    offset, i = 0, 0
+    while offset < len(data):
+        size = sizes[i % len(sizes)]
+        for entry, values in decoder.feed(data[offset : offset + size]):
+            pieces.setdefault(entry.name, []).append(values.copy())
+        offset, i = offset + size, i + 1
+    assert decoder.complete and not decoder.failed
+    assert decoder.header.tensors == stf.read_header(io.BytesIO(data), len(data)).tensors
+    for name, tensor in tensors.items():
+        got = np.concatenate(pieces[name]) if name in pieces else np.empty(0)
+        assert np.array_equal(got.astype(np.float64), tensor.reshape(-1).to(torch.float64).numpy())
+
+
+def test_stream_decoder_flags_truncated_trailing_and_bad_streams():
+    data = safetensors.torch.save({"a": torch.arange(10, dtype=torch.float32)})
+    truncated = stf.StreamDecoder()
+    list(truncated.feed(data[:-4]))
+    assert not truncated.complete and not truncated.failed
+    trailing = stf.StreamDecoder()
+    list(trailing.feed(data + b"xx"))
+    assert trailing.failed and not trailing.complete
+    garbage = stf.StreamDecoder()
+    assert list(garbage.feed(struct.pack("<Q", 10) + b"not json!!" + b"\0" * 8)) == [] and garbage.failed

@@ -71,3 +71,31 @@ def test_low_precision_and_integer_tensors():
 def test_empty_tensor_has_no_moments():
     s = tensor_stats(np.empty((0, 3)))
     assert s.mean is None and s.zero_fraction is None and s.nan_count == 0
+
+
+def test_streaming_stats_match_a_pass_over_the_file():
+    """The upload path's streamed statistics are used only for a complete stream, and equal the file pass."""
+    import io
+
+    import safetensors.torch
+
+    from app.ingest import StreamingStats
+    from storage.formats import safetensors as stf
+
+    g = torch.Generator().manual_seed(0)
+    data = safetensors.torch.save({"a": torch.randn(300, 7, generator=g), "b": torch.randn(33, generator=g).half(), "c": torch.zeros(0)})
+    header = stf.read_header(io.BytesIO(data), len(data))
+    streamed = StreamingStats()
+    for start in range(0, len(data), 7):
+        streamed.feed(data[start : start + 7])
+    ready = streamed.result(header)
+    assert ready is not None
+    for entry in header.tensors:
+        raw = np.frombuffer(data, dtype=np.uint8, count=entry.end - entry.begin, offset=entry.begin)
+        got, want = ready[entry.name].result().as_dict(), tensor_stats(decode(raw, entry.dtype)).as_dict()
+        assert got.keys() == want.keys()
+        for key in got:
+            assert (got[key] is None and want[key] is None) or math.isclose(got[key], want[key], rel_tol=1e-12, abs_tol=1e-12), key
+    cut = StreamingStats()
+    cut.feed(data[:-8])
+    assert cut.result(header) is None

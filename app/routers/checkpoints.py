@@ -13,7 +13,7 @@ from storage.checkpoints import InvalidCursor
 from storage.formats import CheckpointRejected
 
 from ..architecture import ArchitectureInput
-from ..ingest import UploadMeta, ingest
+from ..ingest import StreamingStats, UploadMeta, ingest
 from ..jobs.kinds import PARAMS
 from ..observability import JOBS_SUBMITTED, UPLOAD_BYTES, UPLOADS_REJECTED
 from ..problems import Problem, not_found
@@ -88,17 +88,19 @@ async def upload_checkpoint(
     services: Services = Depends(get_services),
 ):
     limit = services.settings.max_upload_bytes
+    streamed = None
     try:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             received = await receive_multipart(request, services.blobs, limit)
         else:
-            received = await receive_raw(request, services.blobs, limit, filename)
+            streamed = StreamingStats()
+            received = await receive_raw(request, services.blobs, limit, filename, observe=streamed.feed)
         try:
             meta = _meta(name, run, step, tags, received.fields, architecture)
         except Problem:
             received.discard()
             raise
-        checkpoint = await run_in_threadpool(ingest, services, received, meta)
+        checkpoint = await run_in_threadpool(ingest, services, received, meta, streamed)
     except CheckpointRejected as exc:
         UPLOADS_REJECTED.labels(exc.kind).inc()
         raise

@@ -88,12 +88,26 @@ def read_header(f: BinaryIO, file_size: int) -> Header:
     if file_size < 8:
         raise InvalidCheckpoint(f"invalid safetensors: file is {file_size} bytes, shorter than the 8-byte header length")
     f.seek(0)
-    (n,) = struct.unpack("<Q", f.read(8))
-    if n > MAX_HEADER_BYTES:
-        raise InvalidCheckpoint(f"invalid safetensors: header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes")
+    n = header_length(f.read(8))
     if n > file_size - 8:
         raise InvalidCheckpoint(f"invalid safetensors: header length {n} exceeds the {file_size - 8} bytes after it")
-    raw = f.read(n)
+    header = parse_header(f.read(n))
+    data_size = file_size - header.data_start
+    covered = (header.tensors[-1].end if header.tensors else header.data_start) - header.data_start
+    if covered != data_size:
+        raise InvalidCheckpoint(f"invalid safetensors: tensors cover {covered} bytes but the data section is {data_size} bytes")
+    return header
+
+
+def header_length(prefix: bytes) -> int:
+    (n,) = struct.unpack("<Q", prefix)
+    if n > MAX_HEADER_BYTES:
+        raise InvalidCheckpoint(f"invalid safetensors: header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes")
+    return n
+
+
+def parse_header(raw: bytes) -> Header:
+    """Parse and check the JSON header (names, dtypes, shapes, contiguous offsets); the file size is checked apart."""
     if not raw.startswith(b"{"):
         raise InvalidCheckpoint("invalid safetensors: header does not start with '{'")
     try:
@@ -109,8 +123,7 @@ def read_header(f: BinaryIO, file_size: int) -> Header:
     if len(parsed) > MAX_TENSORS:
         raise InvalidCheckpoint(f"invalid safetensors: {len(parsed)} tensors exceed the limit of {MAX_TENSORS}")
 
-    data_start = 8 + n
-    data_size = file_size - data_start
+    data_start = 8 + len(raw)
     entries = [_entry(name, info, data_start) for name, info in parsed.items()]
     entries.sort(key=lambda e: (e.begin, e.end))
     cursor = data_start
@@ -121,11 +134,63 @@ def read_header(f: BinaryIO, file_size: int) -> Header:
                 f"invalid safetensors: tensor {entry.name!r} starts at byte {entry.begin - data_start}, which {problem}"
             )
         cursor = entry.end
-    if cursor - data_start != data_size:
-        raise InvalidCheckpoint(
-            f"invalid safetensors: tensors cover {cursor - data_start} bytes but the data section is {data_size} bytes"
-        )
     return Header(entries, dict(metadata), data_start)
+
+
+class StreamDecoder:
+    """Decode a safetensors byte stream as it arrives: once the header is in, `feed` yields (entry, values)
+    pieces in file order, so statistics need no second pass over the file. A stream that cannot be decoded
+    sets `failed` and yields nothing more; the file is then validated (with its exact error) after upload."""
+
+    def __init__(self) -> None:
+        self.header: Header | None = None
+        self.failed = False
+        self.position = 0  # bytes consumed
+        self._head = bytearray()
+        self._index = 0
+        self._carry = b""  # bytes of an element split across two chunks
+
+    @property
+    def complete(self) -> bool:
+        """True when the stream ended exactly at the end of the last tensor."""
+        return not self.failed and self.header is not None and self.position == (
+            self.header.tensors[-1].end if self.header.tensors else self.header.data_start
+        )
+
+    def feed(self, data: bytes | memoryview) -> Iterator[tuple[TensorEntry, np.ndarray]]:
+        if self.failed:
+            return
+        data = memoryview(data)
+        if self.header is None:
+            while self.header is None and len(data):
+                try:
+                    need = 8 if len(self._head) < 8 else 8 + header_length(bytes(self._head[:8]))
+                    take = min(need - len(self._head), len(data))
+                    self._head += data[:take]
+                    self.position += take
+                    data = data[take:]
+                    if len(self._head) == need and need > 8:
+                        self.header = parse_header(bytes(self._head[8:]))
+                        self._head = bytearray()
+                except InvalidCheckpoint:
+                    self.failed = True
+                    return
+        entries = self.header.tensors if self.header else []
+        while len(data) and self._index < len(entries):
+            entry = entries[self._index]
+            take = min(entry.end - self.position, len(data))
+            piece, data = data[:take], data[take:]
+            self.position += take
+            itemsize = DTYPES[entry.dtype][1]
+            raw = self._carry + bytes(piece) if self._carry else piece
+            whole = len(raw) - len(raw) % itemsize
+            if whole:
+                yield entry, decode(np.frombuffer(raw, dtype=np.uint8, count=whole), entry.dtype)
+            self._carry = bytes(raw[whole:])
+            if self.position == entry.end:
+                self._index += 1
+        if len(data):  # bytes past the last tensor: the post-upload validation will name the problem
+            self.failed = True
 
 
 def _entry(name: str, info: object, data_start: int) -> TensorEntry:

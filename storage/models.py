@@ -173,3 +173,53 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()
     note: Mapped[str | None] = mapped_column(Text)
+
+
+class Run(Base):
+    """A training run posting telemetry; `version` counts telemetry batches (detector caches compare it)."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255))
+    model: Mapped[dict | None] = mapped_column()
+    detectors: Mapped[dict] = mapped_column(default=dict)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_step: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (Index("ix_runs_created", "created_at", "id"),)
+
+
+class TelemetryRecord(Base):
+    """One (run, step, layer) record; a resent record replaces the earlier one. Non-finite values are kept as
+    the strings "NaN", "Infinity", "-Infinity" (JSON has no NaN) and flagged."""
+
+    __tablename__ = "telemetry"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    layer: Mapped[str] = mapped_column(String(512), primary_key=True)
+    metrics: Mapped[dict] = mapped_column()
+    nonfinite: Mapped[bool] = mapped_column(default=False)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RunWarning(Base):
+    """A detector warning. `seq` orders warnings for cursors; (run, key) makes re-detection idempotent."""
+
+    __tablename__ = "run_warnings"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    step: Mapped[int] = mapped_column(BigInteger)
+    layers: Mapped[list] = mapped_column()
+    detector: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    values: Mapped[dict] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("run_id", "key"), Index("ix_run_warnings_cursor", "run_id", "seq"))

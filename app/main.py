@@ -15,7 +15,8 @@ from . import problems
 from .auth import KeyRegistry, require_key
 from .jobs.executor import EmbeddedExecutor, NoExecutor
 from .observability import RequestContext, configure_logging
-from .routers import architecture, checkpoints, health, jobs
+from .routers import architecture, checkpoints, health, jobs, runs
+from .runs import DetectorCache, RunEvents
 from .services import Services
 from .settings import Settings
 
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_binding(services)
         app.state.services = services
         app.state.keys = KeyRegistry(services)
+        app.state.detector_cache = DetectorCache()
+        app.state.run_events = RunEvents()
         executor = EmbeddedExecutor(settings, settings.workers) if settings.workers > 0 else NoExecutor()
         executor.start()
         app.state.executor = executor
@@ -84,6 +87,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
-    for router in (checkpoints.router, architecture.router, jobs.router):
+    for router in (checkpoints.router, architecture.router, jobs.router, runs.router):
         app.include_router(router, dependencies=[Depends(require_key)])
     return app

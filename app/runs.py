@@ -1,0 +1,128 @@
+"""Telemetry ingestion and detection for runs: upsert records, run the run's detectors, store new warnings,
+and wake anyone long-polling or streaming that run's warnings."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections import OrderedDict
+
+from metanets.detectors import DetectorSet, Record, encode_value
+from storage import runs
+
+from .problems import Problem, not_found
+from .services import Services
+
+CACHE_RUNS = 256
+
+
+class DetectorCache:
+    """In-memory DetectorSet per run, tagged with the run's version: another process's batch changes the version
+    and forces a replay from the telemetry table, so detection stays exact with several API processes."""
+
+    def __init__(self, size: int = CACHE_RUNS):
+        self.size = size
+        self._entries: OrderedDict[str, tuple[int, DetectorSet]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, run_id: str, version: int) -> DetectorSet | None:
+        with self._lock:
+            entry = self._entries.pop(run_id, None)
+        return entry[1] if entry and entry[0] == version else None
+
+    def put(self, run_id: str, version: int, detectors: DetectorSet) -> None:
+        with self._lock:
+            self._entries[run_id] = (version, detectors)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+class RunEvents:
+    """Wakes long-polls and streams in this process when a run gets new warnings (others re-check the database)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._lock = threading.Lock()
+
+    def subscribe(self, run_id: str) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
+        token = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._events.setdefault(run_id, set()).add(token)
+        return token
+
+    def unsubscribe(self, run_id: str, token) -> None:
+        with self._lock:
+            self._events.get(run_id, set()).discard(token)
+
+    def notify(self, run_id: str) -> None:
+        with self._lock:
+            tokens = list(self._events.get(run_id, ()))
+        for loop, event in tokens:
+            loop.call_soon_threadsafe(event.set)
+
+
+def detectors_for(spec: dict | list | None) -> DetectorSet:
+    """Build the run's detectors from its settings; a bad name or option is the caller's 422."""
+    try:
+        return DetectorSet.from_spec(spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Problem(422, "validation-error", f"detectors: {exc}", title="Invalid request") from None
+
+
+def _row(record: dict) -> dict:
+    metrics = {name: encode_value(float(value)) for name, value in record["metrics"].items()}
+    nonfinite = any(not math.isfinite(float(v)) for v in record["metrics"].values())
+    return {"step": record["step"], "layer": record["layer"], "metrics": metrics, "nonfinite": nonfinite}
+
+
+def warning_row(warning) -> dict:
+    data = warning.to_dict()
+    return {"key": data["id"], "step": data["step"], "layers": data["layers"], "detector": data["detector"],
+            "severity": data["severity"], "message": data["message"], "values": data["values"]}
+
+
+def ingest_telemetry(services: Services, cache: DetectorCache, events: RunEvents, run_id: str, records: list[dict]) -> dict:
+    """Store a batch and detect on it, in one write transaction per batch."""
+    rows = [_row(r) for r in records]
+    try:
+        with services.writing() as session:
+            run = runs.lock(session, run_id)
+            if run is None:
+                raise not_found("run", run_id)
+            detectors = cache.take(run_id, run.version)
+            runs.upsert_telemetry(session, run_id, rows)
+            if detectors is None:  # first batch here, or another process wrote since: replay everything stored
+                detectors = detectors_for(run.detectors)
+                stored = runs.telemetry(session, run_id)
+                fired = detectors.ingest(Record.parse({"step": r.step, "layer": r.layer, "metrics": r.metrics}) for r in stored)
+            else:
+                fired = detectors.ingest(Record.parse(r) for r in rows)
+            new = runs.add_warnings(session, run_id, [warning_row(w) for w in fired])
+            version = run.version
+    except BaseException:
+        cache.take(run_id, -1)  # the cached detectors may hold records that were rolled back
+        raise
+    cache.put(run_id, version, detectors)
+    if new:
+        events.notify(run_id)
+    return {"run_id": run_id, "stored": len(rows), "new_warnings": new}
+
+
+def downsample(points: list[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:
+    """Keep each bucket's minimum and maximum (in step order), so spikes survive; non-finite values always kept."""
+    if len(points) <= max_points:
+        return points
+    buckets = max(1, max_points // 2)
+    size = math.ceil(len(points) / buckets)
+    out: list[tuple[int, float]] = []
+    for start in range(0, len(points), size):
+        bucket = points[start : start + size]
+        special = [p for p in bucket if not math.isfinite(p[1])]
+        finite = [p for p in bucket if math.isfinite(p[1])]
+        keep = set(special)
+        if finite:
+            keep.add(min(finite, key=lambda p: p[1]))
+            keep.add(max(finite, key=lambda p: p[1]))
+        out.extend(sorted(keep))
+    return out

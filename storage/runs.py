@@ -1,0 +1,89 @@
+"""Runs, their telemetry and warnings: idempotent upserts and cursor reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .models import Run, RunWarning, TelemetryRecord, utcnow
+
+
+def _insert(session: Session, model):
+    """INSERT with ON CONFLICT support for the session's dialect."""
+    return (postgresql if session.get_bind().dialect.name == "postgresql" else sqlite).insert(model)
+
+
+def create(session: Session, name: str, model: dict | None, detectors: dict) -> Run:
+    run = Run(name=name, model=model, detectors=detectors, version=0)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get(session: Session, run_id: str) -> Run | None:
+    return session.get(Run, run_id)
+
+
+def list_runs(session: Session, limit: int, name: str | None = None) -> list[Run]:
+    query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
+    if name is not None:
+        query = query.where(Run.name == name)
+    return list(session.scalars(query))
+
+
+def upsert_telemetry(session: Session, run_id: str, rows: list[dict]) -> int:
+    """Store records keyed by (run, step, layer); a resent record replaces the earlier one. Bumps the run's version."""
+    if not rows:
+        return 0
+    now = utcnow()
+    values = [{"run_id": run_id, "received_at": now, **row} for row in rows]
+    statement = _insert(session, TelemetryRecord).values(values)
+    statement = statement.on_conflict_do_update(
+        index_elements=["run_id", "step", "layer"],
+        set_={"metrics": statement.excluded.metrics, "nonfinite": statement.excluded.nonfinite, "received_at": now},
+    )
+    session.execute(statement)
+    run = lock(session, run_id)
+    top = max(row["step"] for row in rows)
+    run.version += 1
+    run.last_step = top if run.last_step is None else max(run.last_step, top)
+    return len(rows)
+
+
+def lock(session: Session, run_id: str) -> Run | None:
+    """The run row, locked for this transaction (PostgreSQL row lock; SQLite write transactions are exclusive)."""
+    return session.get(Run, run_id, with_for_update=True, populate_existing=True)
+
+
+def telemetry(session: Session, run_id: str, *, layer: str | None = None, since_step: int | None = None) -> list[TelemetryRecord]:
+    query = select(TelemetryRecord).where(TelemetryRecord.run_id == run_id)
+    if layer is not None:
+        query = query.where(TelemetryRecord.layer == layer)
+    if since_step is not None:
+        query = query.where(TelemetryRecord.step >= since_step)
+    return list(session.scalars(query.order_by(TelemetryRecord.step, TelemetryRecord.layer)))
+
+
+def add_warnings(session: Session, run_id: str, warnings: Iterable[dict]) -> int:
+    """Insert warnings; one whose key the run already has is skipped (re-detection is idempotent). Returns how
+    many were new."""
+    rows = [{"run_id": run_id, "created_at": utcnow(), **w} for w in warnings]
+    if not rows:
+        return 0
+    statement = _insert(session, RunWarning).values(rows).on_conflict_do_nothing(index_elements=["run_id", "key"])
+    return session.execute(statement).rowcount
+
+
+def warnings_after(session: Session, run_id: str, cursor: int, limit: int) -> list[RunWarning]:
+    return list(
+        session.scalars(
+            select(RunWarning).where(RunWarning.run_id == run_id, RunWarning.seq > cursor).order_by(RunWarning.seq).limit(limit)
+        )
+    )
+
+
+def last_warning_seq(session: Session, run_id: str) -> int:
+    return session.scalar(select(func.coalesce(func.max(RunWarning.seq), 0)).where(RunWarning.run_id == run_id))

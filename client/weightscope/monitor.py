@@ -85,7 +85,8 @@ class SpectralMonitor:
     ``space="input"`` pairs inputs with the right singular vector v1 (default, analyses.md B.3); ``"output"`` pairs
     outputs (bias included) with the left singular vector u1 (MultiheadAttention in-projections are then skipped).
     Layers: nn.Linear (attention projections included), Conv1d/2d/3d with groups=1, HF Conv1D, and the q/k/v
-    slices of nn.MultiheadAttention; ``include``/``exclude`` are regexes on module names; Linear layers whose weight
+    slices of nn.MultiheadAttention (not its out_proj, whose input never leaves torch's attention function);
+    ``include``/``exclude`` are regexes on module names; Linear layers whose weight
     is an nn.Embedding's weight (tied unembeddings) are skipped unless ``skip_tied_embeddings=False``.
     """
 
@@ -142,6 +143,8 @@ class SpectralMonitor:
     # -- layer selection and hooks ---------------------------------------------------------------------------
     def _select(self, model: nn.Module, include: str | None, exclude: str | None, skip_tied: bool) -> list[_Tap]:
         embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        # MultiheadAttention applies out_proj's weight inside F.multi_head_attention_forward: its hooks never run
+        hidden = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
         taps: list[_Tap] = []
         for name, module in model.named_modules():
             if include is not None and not re.search(include, name):
@@ -149,6 +152,8 @@ class SpectralMonitor:
             if exclude is not None and re.search(exclude, name):
                 continue
             if isinstance(module, nn.Linear):
+                if id(module) in hidden:
+                    continue
                 if not (skip_tied and id(module.weight) in embedding_weights):
                     taps.append(_Tap(name, module, "linear"))
             elif _is_hf_conv1d(module):

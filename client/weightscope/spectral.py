@@ -101,8 +101,7 @@ def sign_diversity(sa: torch.Tensor, eps: float = DEFAULT_EPS) -> float:
     pos, n = sign_counts(sa, eps)
     if n == 0:
         return float("nan")
-    p = pos / n
-    return 2.0 * min(p, 1.0 - p)
+    return 2.0 * min(pos, n - pos) / n  # integer min keeps the value exactly symmetric under a sign flip
 
 
 def sa_summary(
@@ -121,7 +120,7 @@ def sa_summary(
     finite = flat[torch.isfinite(flat)]
     pos, n = sign_counts(finite, eps)
     out: dict[str, float] = {
-        "sa_sign_diversity": 2.0 * min(pos / n, 1.0 - pos / n) if n else float("nan"),
+        "sa_sign_diversity": 2.0 * min(pos, n - pos) / n if n else float("nan"),
         "sa_pos_frac": pos / n if n else float("nan"),
         "sa_abs_mean": float(finite.abs().mean()) if finite.numel() else float("nan"),
         "sa_count": float(n),

@@ -77,12 +77,17 @@ class DetectorWarning:
 
 @dataclass(frozen=True)
 class _Firing:
-    """What a detector found at one step (None from ``_evaluate`` means normal or not enough data)."""
+    """What a detector found at one step that fires."""
 
     severity: Severity
     layers: list[str]
     values: dict[str, float]
     message: str
+
+
+# ``_evaluate`` returns a _Firing, NORMAL (judged, did not fire) or None (not enough data to judge: such steps
+# neither continue nor end an episode, so partial or late data cannot split one)
+NORMAL = "normal"
 
 
 def _config_from(cls: type, data: Mapping[str, Any] | None) -> Any:
@@ -104,7 +109,7 @@ class _EpisodeDetector:
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.config_cls()
         self._emitted: dict[str, list[list[int]]] = {"warning": [], "critical": []}  # [start, end] per severity
-        self._cache: dict[int, _Firing | None] = {}
+        self._cache: dict[int, _Firing | str | None] = {}
 
     # subclass interface
     def _absorb(self, records: list[Record]) -> float | None:
@@ -114,7 +119,7 @@ class _EpisodeDetector:
     def _steps(self) -> list[int]:
         raise NotImplementedError
 
-    def _evaluate(self, step: int) -> _Firing | None:
+    def _evaluate(self, step: int) -> _Firing | str | None:
         raise NotImplementedError
 
     def _consecutive(self, severity: Severity) -> int:
@@ -154,7 +159,9 @@ class _EpisodeDetector:
         active: list[int] | None = None
         for s in steps:
             firing = self._cache.get(s)
-            hit = firing is not None and firing.severity == severity
+            if firing is None:
+                continue
+            hit = isinstance(firing, _Firing) and firing.severity == severity
             if active is not None:
                 if hit:
                     active[1], gap = s, 0
@@ -282,7 +289,7 @@ class SACollapseDetector(_EpisodeDetector):
     def _steps(self) -> list[int]:
         return sorted({s for layer in self.series.values() for s in layer})
 
-    def _evaluate(self, step: int) -> _Firing | None:
+    def _evaluate(self, step: int) -> _Firing | str | None:
         cfg = self.config
         eligible = {name: b for name, b in self._baselines.items() if b is not None and b[1] >= cfg.min_baseline}
         present = {name: self.series[name][step] for name, b in eligible.items()
@@ -294,7 +301,7 @@ class SACollapseDetector(_EpisodeDetector):
         fraction = len(collapsed) / len(present)
         fires = median_sd < cfg.median_threshold if cfg.aggregate == "median" else fraction >= cfg.fraction_threshold
         if not fires:
-            return None
+            return NORMAL
         return _Firing(
             "warning", collapsed,
             {"median_sd": median_sd, "fraction_collapsed": fraction, "n_layers": float(len(present))},
@@ -356,7 +363,7 @@ class RobustSpikeDetector(_EpisodeDetector):
             return x
         return math.log(x) if x > 0 else None
 
-    def _evaluate(self, step: int) -> _Firing | None:
+    def _evaluate(self, step: int) -> _Firing | str | None:
         cfg = self.config
         x = self.series[step]
         if not math.isfinite(x):
@@ -380,7 +387,7 @@ class RobustSpikeDetector(_EpisodeDetector):
         scale = max(1.4826 * mad, cfg.rel_floor * abs(med), 1e-12)
         z = (tx - med) / scale
         if z <= cfg.z_threshold:
-            return None
+            return NORMAL
         median_value = math.exp(med) if cfg.log else med
         return _Firing("warning", [], {cfg.metric: x, "median": median_value, "z": z},
                        f"{cfg.metric} spike at step {step}: {x:.4g} against trailing median {median_value:.4g} "
@@ -455,10 +462,11 @@ class WeightNormGrowthDetector(_EpisodeDetector):
     def _steps(self) -> list[int]:
         return sorted({s for order in self._orders.values() for s in order})
 
-    def _evaluate(self, step: int) -> _Firing | None:
+    def _evaluate(self, step: int) -> _Firing | str | None:
         cfg = self.config
         grown: dict[str, float] = {}
         bad: dict[str, float] = {}
+        judged = False
         for name, layer in self.series.items():
             if step not in layer:
                 continue
@@ -469,6 +477,7 @@ class WeightNormGrowthDetector(_EpisodeDetector):
             idx = bisect.bisect_left(self._orders[name], step)
             if idx < cfg.window:
                 continue
+            judged = True
             prev = layer[self._orders[name][idx - cfg.window]]
             if math.isfinite(prev) and prev > 0 and x / prev >= cfg.ratio_threshold:
                 grown[name] = x / prev
@@ -476,7 +485,7 @@ class WeightNormGrowthDetector(_EpisodeDetector):
             return _Firing("critical", sorted(bad), {f"{cfg.metric}:{k}": v for k, v in bad.items()},
                            f"{cfg.metric} is non-finite in {len(bad)} layers at step {step}")
         if not grown:
-            return None
+            return NORMAL if judged else None
         worst = max(grown, key=grown.get)
         return _Firing("warning", sorted(grown), {"max_ratio": grown[worst], "n_layers": float(len(grown))},
                        f"{cfg.metric} grew x{grown[worst]:.2f} in {cfg.window} measurements ({worst}); "

@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .client import WeightscopeClient, WeightscopeError
@@ -61,8 +61,8 @@ class TelemetryPoster:
         self.failures = 0
         self._thread = threading.Thread(target=self._loop, name=f"weightscope-poster-{run_id}", daemon=True)
         self._thread.start()
-        ref = weakref.ref(self)
-        atexit.register(lambda: (p := ref()) is not None and p.close(timeout=2.0))
+        self._atexit = _closer(weakref.ref(self))
+        atexit.register(self._atexit)
 
     def enqueue(self, records: Iterable[dict[str, Any]]) -> None:
         """Add encoded records; when the buffer is full the oldest records are dropped (counted in ``dropped``)."""
@@ -109,6 +109,7 @@ class TelemetryPoster:
                 log.warning("weightscope: %d telemetry records not sent at close", len(self._buffer))
             self._cond.notify_all()
         self._thread.join(timeout=max(0.1, min(timeout, self.request_timeout)))
+        atexit.unregister(self._atexit)
         return flushed
 
     def _take_batch(self) -> list[dict[str, Any]]:
@@ -182,3 +183,14 @@ class TelemetryPoster:
                         type(exc).__name__, exc)
             self._failing = True
         self._requeue(batch)
+
+
+def _closer(ref: weakref.ref) -> Callable[[], None]:
+    """An exit handler giving a still-open poster two seconds to deliver (weak: it does not keep the poster alive)."""
+
+    def close() -> None:
+        poster = ref()
+        if poster is not None:
+            poster.close(timeout=2.0)
+
+    return close

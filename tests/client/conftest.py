@@ -79,6 +79,14 @@ def fake_server():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_server():
+    """One server for a module whose tests share an expensive fixture."""
+    server = FakeServer()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def closed_port_url():
     """A loopback URL nobody listens on (bound then closed, so connections are refused)."""

@@ -66,12 +66,12 @@ def _expected(w: torch.Tensor, x: torch.Tensor, eps: float = 1e-3) -> dict[str, 
             "weight_norm": float(w.norm())}
 
 
-@pytest.fixture
-def trained(fake_server):
+@pytest.fixture(scope="module")
+def trained(module_server):
     torch.manual_seed(0)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    client = WeightscopeClient(fake_server.url)
+    client = WeightscopeClient(module_server.url)
     monitor = SpectralMonitor(model, client.run("run-1"), every=EVERY, max_tokens=100_000, power_iters=3000,
                               power_tol=1e-13, poster_options={"flush_interval": 0.05})
     expected: dict[int, dict] = {}
@@ -92,7 +92,7 @@ def trained(fake_server):
         opt.step()
         opt.zero_grad()
     assert monitor.close(timeout=10)
-    return monitor, expected, fake_server.telemetry_records(), fake_server
+    return monitor, expected, module_server.telemetry_records(), module_server
 
 
 def test_layers_selected(trained):

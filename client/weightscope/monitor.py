@@ -324,4 +324,4 @@ def _conv_alignment(module: nn.Module, x: torch.Tensor, v: torch.Tensor) -> torc
     dots = conv(x, kernel, None, module.stride, padding, module.dilation)
     sq = conv(x * x, torch.ones_like(kernel), None, module.stride, padding, module.dilation)
     norms = sq.clamp_min(0).sqrt()
-    return torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(dots))
+    return torch.where(norms == 0, torch.zeros_like(dots), dots / norms)  # non-finite inputs stay non-finite

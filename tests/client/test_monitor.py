@@ -171,3 +171,22 @@ def test_output_space_uses_left_singular_vector(fake_server):
     u1 = torch.linalg.svd(layer.weight.detach().double())[0][:, 0]
     sa = (y @ u1) / y.norm(dim=1)
     assert rec["metrics"]["sa_abs_mean"] == pytest.approx(float(sa.abs().mean()), abs=1e-5)
+
+
+def test_non_finite_values_are_reported_not_raised(fake_server):
+    layer = nn.Linear(4, 3)
+    monitor = SpectralMonitor(layer, "r", client=WeightscopeClient(fake_server.url), every=1)
+    x = torch.randn(10, 4)
+    x[0, 0] = float("nan")
+    loss = layer(x).sum()
+    loss.backward()
+    monitor.step(loss)
+    with torch.no_grad():
+        layer.weight.fill_(float("inf"))
+    layer(torch.randn(5, 4))
+    monitor.step(float("inf"))
+    assert monitor.close(timeout=10)
+    recs = {(r["step"], r["layer"]): r["metrics"] for r in fake_server.telemetry_records()}
+    assert recs[(0, "")]["sa_nonfinite"] == 1 and recs[(0, "")]["sa_count"] <= 9
+    assert recs[(0, "_step")]["loss"] == "NaN" and recs[(0, "_step")]["grad_norm"] == "NaN"
+    assert recs[(1, "")]["weight_norm"] == "Infinity" and recs[(1, "_step")]["loss"] == "Infinity"

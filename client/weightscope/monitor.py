@@ -11,7 +11,8 @@ Usage (plain PyTorch)::
 
 On a monitored step (step % every == 0) the hooks compute, for each monitored layer, the top singular vector of its
 weight (power iteration warm-started from the previous monitored step, sign kept continuous) and the SA value of every
-input token (at most ``max_tokens`` per layer and step, sampled uniformly). Other steps cost one Python call per hook.
+input token: at most ``max_tokens`` per layer and step, sampled uniformly from each forward while the budget
+lasts (under gradient accumulation the first micro-batches fill it). Other steps cost one Python call per hook.
 Only training-mode forwards are captured.
 """
 
@@ -191,38 +192,48 @@ class SpectralMonitor:
                                        else max(self.power_iters, 200), tol=self.power_tol, generator=self._generator)
         return tap.top
 
-    def _keep(self, tap: _Tap, sa: torch.Tensor) -> None:
-        """Store a chunk of SA values, sampled down so the step never keeps more than ``max_tokens``."""
-        sa = sa.reshape(-1)
+    def _sample(self, tap: _Tap, rows: torch.Tensor) -> torch.Tensor | None:
+        """Rows (tokens, or SA values) sampled uniformly down to the tap's remaining budget for this step (None when
+        it is spent), so a large batch costs at most ``max_tokens`` dot products per layer."""
         room = self.max_tokens - tap.tokens
         if room <= 0:
-            return
-        if sa.numel() > room:
-            idx = torch.randperm(sa.numel(), generator=self._generator)[:room].to(sa.device)
-            sa = sa[idx]
-        tap.chunks.append(sa.detach())
-        tap.tokens += sa.numel()
+            return None
+        if rows.shape[0] > room:
+            idx = torch.randperm(rows.shape[0], generator=self._generator)[:room].to(rows.device)
+            rows = rows[idx]
+        return rows
+
+    def _keep(self, tap: _Tap, sa: torch.Tensor) -> None:
+        sa = self._sample(tap, sa.reshape(-1))
+        if sa is not None:
+            tap.chunks.append(sa)
+            tap.tokens += sa.numel()
+
+    def _align_rows(self, tap: _Tap, x: torch.Tensor, direction: torch.Tensor) -> None:
+        """SA of the (sampled) rows of ``x`` (..., d) with ``direction``, added to the tap's values."""
+        rows = self._sample(tap, x.detach().reshape(-1, x.shape[-1]))
+        if rows is not None:
+            self._keep(tap, alignment(rows.float(), direction.to(device=rows.device, dtype=torch.float32)))
 
     def _on_input(self, tap: _Tap, args: tuple[Any, ...]) -> None:
         if not args or not isinstance(args[0], torch.Tensor) or not self._active(tap.module):
             return
         with torch.no_grad():
-            x = args[0].detach().float()
-            v = self._top(tap).v.to(device=x.device, dtype=torch.float32)
             if tap.kind == "conv":
+                x = args[0].detach().float()
+                v = self._top(tap).v.to(device=x.device, dtype=torch.float32)
                 self._keep(tap, _conv_alignment(tap.module, x, v))
             else:
-                self._keep(tap, alignment(x, v))
+                self._align_rows(tap, args[0], self._top(tap).v)
 
     def _on_output(self, tap: _Tap, out: Any) -> None:
         if not isinstance(out, torch.Tensor) or not self._active(tap.module):
             return
         with torch.no_grad():
-            y = out.detach().float()
+            y = out
             if tap.kind == "conv":  # channels last: (N, C, *spatial) or unbatched (C, *spatial)
                 y = y.movedim(1 if y.ndim == tap.module.weight.ndim else 0, -1)
-            u = self._top(tap).u.to(device=y.device, dtype=torch.float32)
-            self._keep(tap, alignment(y, u))
+            self._align_rows(tap, y, self._top(tap).u)
 
     def _on_mha(self, slices: list[_Tap], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self._active(slices[0].module):
@@ -232,8 +243,7 @@ class SpectralMonitor:
         with torch.no_grad():
             for tap, x in zip(slices, inputs):
                 if isinstance(x, torch.Tensor):
-                    v = self._top(tap).v.to(device=x.device, dtype=torch.float32)
-                    self._keep(tap, alignment(x.detach().float(), v))
+                    self._align_rows(tap, x, self._top(tap).v)
 
     # -- step bookkeeping ------------------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:

@@ -18,10 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e .
 	touch $@
 
-$(TEST_VENV)/.installed: pyproject.toml
+$(TEST_VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/python -m pip install -q $(TEST_TORCH)
-	$(TEST_VENV)/bin/python -m pip install -q -e '.[test]'
+	$(TEST_VENV)/bin/python -m pip install -q -e '.[test]' -e ./client
 	touch $@
 
 install: $(VENV)/.installed

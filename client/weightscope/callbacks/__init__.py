@@ -1,0 +1,1 @@
+"""Training-framework callbacks wrapping SpectralMonitor; each submodule imports its framework when imported."""

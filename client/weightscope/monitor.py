@@ -1,0 +1,337 @@
+"""SpectralMonitor: per-layer Spectral Alignment telemetry from forward hooks, posted in the background.
+
+Usage (plain PyTorch)::
+
+    monitor = SpectralMonitor(model, client.start_run("gpt-small"), every=10)
+    for batch in loader:
+        loss = model(batch); loss.backward()
+        monitor.step(loss)            # after backward, before zero_grad
+        opt.step(); opt.zero_grad()
+    monitor.close()
+
+On a monitored step (step % every == 0) the hooks compute, for each monitored layer, the top singular vector of its
+weight (power iteration warm-started from the previous monitored step, sign kept continuous) and the SA value of every
+input token: at most ``max_tokens`` per layer and step, sampled uniformly from each forward while the budget
+lasts (under gradient accumulation the first micro-batches fill it). Other steps cost one Python call per hook.
+Only training-mode forwards are captured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .client import Run, WeightscopeClient, telemetry_record
+from .poster import TelemetryPoster
+from .spectral import DEFAULT_EPS, DEFAULT_HIST_BINS, DEFAULT_QUANTILES, TopSingular, alignment, sa_summary, top_singular
+
+log = logging.getLogger("weightscope")
+
+STEP_LAYER = "_step"
+_CONVS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's GPT-2 style ``Conv1D``: a linear layer whose weight is stored (in, out)."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.ndim == 2
+            and weight.shape[1] == getattr(module, "nf", None))
+
+
+@dataclass
+class _Tap:
+    """One monitored matrix: how to get it from its module and where its SA values of this step accumulate."""
+
+    name: str
+    module: nn.Module
+    kind: Literal["linear", "hf_conv1d", "conv", "mha"]
+    mha_index: int = 0  # 0, 1, 2 = q, k, v slice of a packed MultiheadAttention in-projection
+    prev_v: torch.Tensor | None = None
+    top: TopSingular | None = None
+    chunks: list[torch.Tensor] = field(default_factory=list)
+    tokens: int = 0
+
+    def matrix(self) -> torch.Tensor:
+        """The weight as a (d_out, d_in) matrix acting on one input token or patch."""
+        m = self.module
+        if self.kind == "linear":
+            return m.weight
+        if self.kind == "hf_conv1d":
+            return m.weight.T
+        if self.kind == "conv":
+            return m.weight.reshape(m.weight.shape[0], -1)
+        e = m.embed_dim
+        if m._qkv_same_embed_dim:
+            return m.in_proj_weight[self.mha_index * e:(self.mha_index + 1) * e]
+        return (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)[self.mha_index]
+
+    def reset(self) -> None:
+        self.top = None
+        self.chunks = []
+        self.tokens = 0
+
+
+class SpectralMonitor:
+    """Attach SA hooks to ``model`` and post telemetry for ``run`` every ``every`` steps.
+
+    ``run`` is a :class:`Run` (from ``client.start_run``/``client.run``) or a run id with ``client=``.
+    ``space="input"`` pairs inputs with the right singular vector v1 (default, analyses.md B.3); ``"output"`` pairs
+    outputs (bias included) with the left singular vector u1 (MultiheadAttention in-projections are then skipped).
+    Layers: nn.Linear (attention projections included), Conv1d/2d/3d with groups=1, HF Conv1D, and the q/k/v
+    slices of nn.MultiheadAttention (not its out_proj, whose input never leaves torch's attention function);
+    ``include``/``exclude`` are regexes on module names; Linear layers whose weight
+    is an nn.Embedding's weight (tied unembeddings) are skipped unless ``skip_tied_embeddings=False``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        run: Run | str,
+        *,
+        every: int = 10,
+        client: WeightscopeClient | None = None,
+        space: Literal["input", "output"] = "input",
+        eps: float = DEFAULT_EPS,
+        quantiles: tuple[float, ...] = DEFAULT_QUANTILES,
+        hist_bins: int = DEFAULT_HIST_BINS,
+        max_tokens: int = 4096,
+        power_iters: int = 20,
+        power_tol: float = 1e-6,
+        include: str | None = None,
+        exclude: str | None = None,
+        skip_tied_embeddings: bool = True,
+        scalars_every: int | None = None,
+        seed: int = 0,
+        poster_options: Mapping[str, Any] | None = None,
+    ):
+        if every < 1:
+            raise ValueError("every must be >= 1")
+        if space not in ("input", "output"):
+            raise ValueError("space must be 'input' or 'output'")
+        if isinstance(run, Run):
+            client, run_id = run.client, run.id
+        else:
+            run_id = str(run)
+            if client is None:
+                raise ValueError("pass client= when run is an id")
+        self.model = model
+        self.run_id = run_id
+        self.every = every
+        self.scalars_every = scalars_every or every
+        self.space = space
+        self.eps = eps
+        self.quantiles = tuple(quantiles)
+        self.hist_bins = hist_bins
+        self.max_tokens = max_tokens
+        self.power_iters = power_iters
+        self.power_tol = power_tol
+        self.poster = TelemetryPoster(client, run_id, **dict(poster_options or {}))
+        self._generator = torch.Generator().manual_seed(seed)
+        self._step = 0
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.taps: list[_Tap] = self._select(model, include, exclude, skip_tied_embeddings)
+        for tap in self.taps:
+            self._attach(tap)
+
+    # -- layer selection and hooks ---------------------------------------------------------------------------
+    def _select(self, model: nn.Module, include: str | None, exclude: str | None, skip_tied: bool) -> list[_Tap]:
+        embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        # MultiheadAttention applies out_proj's weight inside F.multi_head_attention_forward: its hooks never run
+        hidden = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+        taps: list[_Tap] = []
+        for name, module in model.named_modules():
+            if include is not None and not re.search(include, name):
+                continue
+            if exclude is not None and re.search(exclude, name):
+                continue
+            if isinstance(module, nn.Linear):
+                if id(module) in hidden:
+                    continue
+                if not (skip_tied and id(module.weight) in embedding_weights):
+                    taps.append(_Tap(name, module, "linear"))
+            elif _is_hf_conv1d(module):
+                taps.append(_Tap(name, module, "hf_conv1d"))
+            elif type(module) in _CONVS and module.groups == 1:
+                taps.append(_Tap(name, module, "conv"))
+            elif isinstance(module, nn.MultiheadAttention) and self.space == "input":
+                taps.extend(_Tap(f"{name}.in_proj_{p}", module, "mha", i) for i, p in enumerate("qkv"))
+        return taps
+
+    def _attach(self, tap: _Tap) -> None:
+        if tap.kind == "mha":
+            if tap.mha_index == 0:  # one hook feeds the three slices of this module
+                slices = [t for t in self.taps if t.module is tap.module]
+                self._handles.append(tap.module.register_forward_pre_hook(
+                    lambda mod, args, kwargs: self._on_mha(slices, args, kwargs), with_kwargs=True))
+        elif self.space == "input":
+            self._handles.append(tap.module.register_forward_pre_hook(lambda mod, args: self._on_input(tap, args)))
+        else:
+            self._handles.append(tap.module.register_forward_hook(lambda mod, args, out: self._on_output(tap, out)))
+
+    @property
+    def capturing(self) -> bool:
+        """Whether forwards of the current step are monitored."""
+        return self._step % self.every == 0
+
+    def _active(self, module: nn.Module) -> bool:
+        return self.capturing and module.training and torch.is_grad_enabled()
+
+    def _top(self, tap: _Tap) -> TopSingular:
+        """The step's top singular triple of the tap's matrix (computed once per step, warm-started)."""
+        if tap.top is None:
+            with torch.no_grad():
+                tap.top = top_singular(tap.matrix(), tap.prev_v, max_iters=self.power_iters if tap.prev_v is not None
+                                       else max(self.power_iters, 200), tol=self.power_tol, generator=self._generator)
+        return tap.top
+
+    def _sample(self, tap: _Tap, rows: torch.Tensor) -> torch.Tensor | None:
+        """Rows (tokens, or SA values) sampled uniformly down to the tap's remaining budget for this step (None when
+        it is spent), so a large batch costs at most ``max_tokens`` dot products per layer."""
+        room = self.max_tokens - tap.tokens
+        if room <= 0:
+            return None
+        if rows.shape[0] > room:
+            idx = torch.randperm(rows.shape[0], generator=self._generator)[:room].to(rows.device)
+            rows = rows[idx]
+        return rows
+
+    def _keep(self, tap: _Tap, sa: torch.Tensor) -> None:
+        sa = self._sample(tap, sa.reshape(-1))
+        if sa is not None:
+            tap.chunks.append(sa)
+            tap.tokens += sa.numel()
+
+    def _align_rows(self, tap: _Tap, x: torch.Tensor, direction: torch.Tensor) -> None:
+        """SA of the (sampled) rows of ``x`` (..., d) with ``direction``, added to the tap's values."""
+        rows = self._sample(tap, x.detach().reshape(-1, x.shape[-1]))
+        if rows is not None:
+            self._keep(tap, alignment(rows.float(), direction.to(device=rows.device, dtype=torch.float32)))
+
+    def _on_input(self, tap: _Tap, args: tuple[Any, ...]) -> None:
+        if not args or not isinstance(args[0], torch.Tensor) or not self._active(tap.module):
+            return
+        with torch.no_grad():
+            if tap.kind == "conv":
+                x = args[0].detach().float()
+                v = self._top(tap).v.to(device=x.device, dtype=torch.float32)
+                self._keep(tap, _conv_alignment(tap.module, x, v))
+            else:
+                self._align_rows(tap, args[0], self._top(tap).v)
+
+    def _on_output(self, tap: _Tap, out: Any) -> None:
+        if not isinstance(out, torch.Tensor) or not self._active(tap.module):
+            return
+        with torch.no_grad():
+            y = out
+            if tap.kind == "conv":  # channels last: (N, C, *spatial) or unbatched (C, *spatial)
+                y = y.movedim(1 if y.ndim == tap.module.weight.ndim else 0, -1)
+            self._align_rows(tap, y, self._top(tap).u)
+
+    def _on_mha(self, slices: list[_Tap], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self._active(slices[0].module):
+            return
+        names = ("query", "key", "value")
+        inputs = [args[i] if i < len(args) else kwargs.get(names[i]) for i in range(3)]
+        with torch.no_grad():
+            for tap, x in zip(slices, inputs):
+                if isinstance(x, torch.Tensor):
+                    self._align_rows(tap, x, self._top(tap).v)
+
+    # -- step bookkeeping ------------------------------------------------------------------------------------
+    def begin_step(self, step: int) -> None:
+        """Declare the index of the step whose forwards follow (callbacks know it); drops stale captures."""
+        if step != self._step:
+            for tap in self.taps:
+                tap.reset()
+            self._step = int(step)
+
+    def step(self, loss: Any = None, *, step: int | None = None, grad_norm: float | None = None) -> None:
+        """Finish a step: call after backward (gradients present). Sends the step's records if it is monitored.
+
+        ``step`` defaults to the monitor's own counter (starting at 0); ``grad_norm`` defaults to the global L2 norm
+        of the model's current gradients. The next step's index is ``step + 1``.
+        """
+        s = self._step if step is None else int(step)
+        records: list[dict[str, Any]] = []
+        if s % self.every == 0 and s == self._step:
+            records.extend(self._layer_records(s))
+        if s % self.scalars_every == 0:
+            scalars: dict[str, float] = {}
+            if loss is not None:
+                scalars["loss"] = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+            gn = self.grad_norm() if grad_norm is None else float(grad_norm)
+            if gn is not None:
+                scalars["grad_norm"] = gn
+            if scalars:
+                records.append(telemetry_record(s, STEP_LAYER, scalars))
+        for tap in self.taps:
+            tap.reset()
+        if records:
+            self.poster.enqueue(records)
+        self._step = s + 1
+
+    def log_scalars(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Send per-step scalars (layer ``_step``) outside ``step()``, e.g. a loss averaged by a trainer."""
+        self.poster.enqueue([telemetry_record(step, STEP_LAYER, metrics)])
+
+    def grad_norm(self) -> float | None:
+        """Global L2 norm of the model's gradients (None if no parameter has one); NaN/Inf are reported as such."""
+        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        norms = torch.stack([torch.linalg.vector_norm(g.float()).to(grads[0].device) for g in grads])
+        return float(torch.linalg.vector_norm(norms))
+
+    def _layer_records(self, s: int) -> list[dict[str, Any]]:
+        records = []
+        for tap in self.taps:
+            if not tap.chunks or tap.top is None:
+                continue
+            sa = torch.cat([c.to("cpu") for c in tap.chunks])
+            metrics = sa_summary(sa, eps=self.eps, quantiles=self.quantiles, hist_bins=self.hist_bins)
+            metrics["sigma1"] = tap.top.sigma
+            with torch.no_grad():
+                metrics["weight_norm"] = float(torch.linalg.vector_norm(tap.matrix().detach().float()))
+            records.append(telemetry_record(s, tap.name, metrics))
+            tap.prev_v = tap.top.v if math.isfinite(tap.top.sigma) else tap.prev_v
+        return records
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def close(self, timeout: float = 10.0) -> bool:
+        """Remove the hooks and flush the poster for at most ``timeout`` seconds; True if everything was sent."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return self.poster.close(timeout=timeout)
+
+    def __enter__(self) -> SpectralMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _conv_alignment(module: nn.Module, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SA of every input patch of a groups=1 convolution with v, without unfolding: two convolutions give
+    <patch, v> and |patch| for all positions at once (zero-padded patches are real inputs of the layer)."""
+    conv = _CONVS[type(module)]
+    kernel_shape = module.weight.shape[1:]
+    if x.ndim == len(kernel_shape):  # unbatched input
+        x = x.unsqueeze(0)
+    padding: Any = module.padding
+    if module.padding_mode != "zeros":
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+        padding = 0
+    kernel = v.reshape(1, *kernel_shape)
+    dots = conv(x, kernel, None, module.stride, padding, module.dilation)
+    sq = conv(x * x, torch.ones_like(kernel), None, module.stride, padding, module.dilation)
+    norms = sq.clamp_min(0).sqrt()
+    return torch.where(norms == 0, torch.zeros_like(dots), dots / norms)  # non-finite inputs stay non-finite

@@ -1,0 +1,539 @@
+"""Training-instability detectors over run telemetry (pure logic: no HTTP, no database).
+
+Each detector ingests telemetry records ``{step, layer, metrics}`` (the schema of client/README.md), in any order and
+in any batching, and returns the warnings that became due. A warning is emitted once per *episode*: a stretch of
+firing measurements that ends after ``reset_after`` consecutive normal ones; a late record that extends, splits or
+precedes an episode already warned about does not warn again. NaN and Inf values are signals (``critical``), not
+errors. State is serialisable (``to_dict``/``from_dict``, JSON-safe) and is the stored series plus the emitted
+episodes, so the server can persist it or rebuild it from its telemetry table.
+
+Detectors:
+* ``sa_collapse``: sign-diversity (SD) collapse of Spectral Alignment, aggregated over layers against each layer's
+  early baseline (reference/sa-probe.md: single-layer thresholds false-alarm on LayerNorm-fed layers).
+* ``grad_norm_spike``, ``loss_spike``: robust z-score (median/MAD) against a trailing window.
+* ``weight_norm_growth``: a layer's weight norm grew by a factor over a trailing window of its measurements.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+STEP_LAYER = "_step"
+Severity = Literal["warning", "critical"]
+
+
+def decode_value(value: Any) -> float:
+    """Metric value from the wire: numbers, or the strings "NaN", "Infinity", "-Infinity" (any case)."""
+    return float(value)
+
+
+def encode_value(value: float) -> float | str:
+    """JSON-safe form of a float: non-finite values become "NaN", "Infinity" or "-Infinity"."""
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One telemetry record: per-layer metrics, or per-step scalars under layer ``_step``."""
+
+    step: int
+    layer: str
+    metrics: Mapping[str, float]
+
+    @classmethod
+    def parse(cls, raw: Record | Mapping[str, Any]) -> Record:
+        if isinstance(raw, Record):
+            return raw
+        return cls(int(raw["step"]), str(raw["layer"]),
+                   {str(k): decode_value(v) for k, v in (raw.get("metrics") or {}).items() if v is not None})
+
+
+@dataclass(frozen=True)
+class DetectorWarning:
+    """A warning: ``id`` is deterministic (detector, severity, firing step), so re-running detectors is idempotent."""
+
+    id: str
+    step: int
+    layers: list[str]
+    detector: str
+    severity: Severity
+    message: str
+    values: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["values"] = {k: encode_value(v) for k, v in self.values.items()}
+        return d
+
+
+@dataclass(frozen=True)
+class _Firing:
+    """What a detector found at one step that fires."""
+
+    severity: Severity
+    layers: list[str]
+    values: dict[str, float]
+    message: str
+
+
+# ``_evaluate`` returns a _Firing, NORMAL (judged, did not fire) or None (not enough data to judge: such steps
+# neither continue nor end an episode, so partial or late data cannot split one)
+NORMAL = "normal"
+
+
+def _config_from(cls: type, data: Mapping[str, Any] | None) -> Any:
+    """Build a config dataclass from a dict, rejecting unknown keys (a typo must not silently use a default)."""
+    data = dict(data or {})
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**data)
+
+
+class _EpisodeDetector:
+    """Shared episode logic. Subclasses keep a series, evaluate one step at a time, and say which steps changed."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.config_cls()
+        self._emitted: dict[str, list[list[int]]] = {"warning": [], "critical": []}  # [start, end] per severity
+        self._cache: dict[int, _Firing | str | None] = {}
+
+    # subclass interface
+    def _absorb(self, records: list[Record]) -> float | None:
+        """Store the records' values; return the smallest step whose evaluation may change (-inf: all), or None."""
+        raise NotImplementedError
+
+    def _steps(self) -> list[int]:
+        raise NotImplementedError
+
+    def _evaluate(self, step: int) -> _Firing | str | None:
+        raise NotImplementedError
+
+    def _consecutive(self, severity: Severity) -> int:
+        return 1
+
+    def _series_dict(self) -> Any:
+        raise NotImplementedError
+
+    def _load_series(self, data: Any) -> None:
+        raise NotImplementedError
+
+    # public API
+    def ingest(self, records: Iterable[Record | Mapping[str, Any]]) -> list[DetectorWarning]:
+        """Absorb records (any order) and return the warnings of episodes not warned about before."""
+        changed = self._absorb([Record.parse(r) for r in records])
+        if changed is None:
+            return []
+        self._cache = {s: f for s, f in self._cache.items() if s < changed}
+        steps = self._steps()
+        for s in steps:
+            if s not in self._cache:
+                self._cache[s] = self._evaluate(s)
+        warnings = []
+        for severity in ("critical", "warning"):
+            warnings.extend(self._scan(steps, severity))
+        return sorted(warnings, key=lambda w: (w.step, w.severity))
+
+    def _scan(self, steps: list[int], severity: Severity) -> list[DetectorWarning]:
+        """Find the episodes of ``severity`` in the whole series; emit those that overlap no emitted episode.
+
+        An episode spans from its first firing measurement to its last, so a late record that joins two pieces,
+        or precedes an episode already warned about, merges into it instead of warning again.
+        """
+        need = self._consecutive(severity)
+        episodes: list[tuple[list[int], int, _Firing]] = []  # ([start, end], firing step, firing)
+        run_start = run_len = gap = 0
+        active: list[int] | None = None
+        for s in steps:
+            firing = self._cache.get(s)
+            if firing is None:
+                continue
+            hit = isinstance(firing, _Firing) and firing.severity == severity
+            if active is not None:
+                if hit:
+                    active[1], gap = s, 0
+                else:
+                    gap += 1
+                    if gap >= self.config.reset_after:
+                        active, run_len = None, 0
+                continue
+            if not hit:
+                run_len = 0
+                continue
+            run_len += 1
+            if run_len == 1:
+                run_start = s
+            if run_len >= need:
+                active, gap = [run_start, s], 0
+                episodes.append((active, s, firing))
+        out: list[DetectorWarning] = []
+        for interval, step, firing in episodes:
+            if self._merge(severity, interval):
+                continue
+            self._emitted[severity].append(list(interval))
+            out.append(DetectorWarning(
+                id=f"{self.name}:{severity}:{step}", step=step, layers=list(firing.layers), detector=self.name,
+                severity=severity, message=firing.message, values=dict(firing.values)))
+        return out
+
+    def _merge(self, severity: Severity, episode: list[int]) -> bool:
+        """Extend the emitted episodes that overlap ``episode``; False if none does (so it is new)."""
+        found = False
+        for interval in self._emitted[severity]:
+            if episode[0] <= interval[1] and interval[0] <= episode[1]:
+                interval[0], interval[1] = min(interval[0], episode[0]), max(interval[1], episode[1])
+                found = True
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe state: config, stored series and emitted episodes (the evaluation cache is recomputed)."""
+        return {"detector": self.name, "config": asdict(self.config), "series": self._series_dict(),
+                "emitted": {k: [list(i) for i in v] for k, v in self._emitted.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _EpisodeDetector:
+        det = cls(_config_from(cls.config_cls, data.get("config")))
+        det._load_series(data.get("series") or {})
+        det._emitted = {k: [list(map(int, i)) for i in v] for k, v in (data.get("emitted") or {}).items()}
+        det._emitted.setdefault("warning", [])
+        det._emitted.setdefault("critical", [])
+        return det
+
+
+def _series_to_json(series: Mapping[int, float]) -> list[list[Any]]:
+    return [[s, encode_value(v)] for s, v in sorted(series.items())]
+
+
+def _series_from_json(pairs: Iterable[Iterable[Any]]) -> dict[int, float]:
+    return {int(s): decode_value(v) for s, v in pairs}
+
+
+# -- Spectral Alignment sign-diversity collapse ------------------------------------------------------------------------
+@dataclass
+class SACollapseConfig:
+    """SA collapse rule. The paper's thresholds are unknown: these are our defaults (analyses.md B.3, sa-probe.md).
+
+    A layer is *eligible* once its first ``baseline_measurements`` values exist and their median is at least
+    ``min_baseline`` (layers that sat near SD 0 from the start, like LayerNorm-fed MLP up-projections, never are).
+    At a step, eligible layers with SD below ``layer_threshold`` count as collapsed. The step fires when
+    ``aggregate="median"`` and the median SD of eligible layers is below ``median_threshold``, or when
+    ``aggregate="fraction"`` and the collapsed fraction is at least ``fraction_threshold``. A warning needs
+    ``consecutive`` firing measurements in a row. Steps where fewer than ``min_layer_fraction`` of the eligible layers
+    reported are skipped (a step's records may arrive in several batches).
+    """
+
+    metric: str = "sa_sign_diversity"
+    layer_threshold: float = 0.1
+    aggregate: Literal["median", "fraction"] = "median"
+    median_threshold: float = 0.3
+    fraction_threshold: float = 0.5
+    consecutive: int = 3
+    baseline_measurements: int = 5
+    min_baseline: float = 0.5
+    min_layer_fraction: float = 0.5
+    reset_after: int = 3
+
+
+class SACollapseDetector(_EpisodeDetector):
+    """Sign-diversity collapse over layers, each layer judged only after its own early baseline."""
+
+    name = "sa_collapse"
+    config_cls = SACollapseConfig
+
+    def __init__(self, config: SACollapseConfig | None = None):
+        super().__init__(config)
+        if self.config.aggregate not in ("median", "fraction"):
+            raise ValueError("aggregate must be 'median' or 'fraction'")
+        self.series: dict[str, dict[int, float]] = {}
+        self._baselines: dict[str, tuple[int, float] | None] = {}  # layer -> (last baseline step, median)
+
+    def _consecutive(self, severity: Severity) -> int:
+        return self.config.consecutive
+
+    def _absorb(self, records: list[Record]) -> float | None:
+        changed: float | None = None
+        for r in records:
+            if r.layer == STEP_LAYER or self.config.metric not in r.metrics:
+                continue
+            layer = self.series.setdefault(r.layer, {})
+            layer[r.step] = r.metrics[self.config.metric]
+            base = self._baselines.get(r.layer)
+            if base is None or r.step <= base[0]:  # the layer's baseline may change: every step may change
+                self._baselines[r.layer] = self._baseline(layer)
+                changed = -math.inf
+            else:
+                changed = r.step if changed is None else min(changed, r.step)
+        return changed
+
+    def _baseline(self, layer: Mapping[int, float]) -> tuple[int, float] | None:
+        """(step of the last baseline measurement, median of the first N finite values), or None if fewer than N."""
+        finite = [(s, v) for s, v in sorted(layer.items()) if math.isfinite(v)]
+        n = self.config.baseline_measurements
+        if len(finite) < n:
+            return None
+        return finite[n - 1][0], statistics.median(v for _, v in finite[:n])
+
+    def _steps(self) -> list[int]:
+        return sorted({s for layer in self.series.values() for s in layer})
+
+    def _evaluate(self, step: int) -> _Firing | str | None:
+        cfg = self.config
+        eligible = {name: b for name, b in self._baselines.items() if b is not None and b[1] >= cfg.min_baseline}
+        present = {name: self.series[name][step] for name, b in eligible.items()
+                   if step > b[0] and step in self.series[name] and math.isfinite(self.series[name][step])}
+        if not present or len(present) < cfg.min_layer_fraction * len(eligible):
+            return None
+        median_sd = statistics.median(present.values())
+        collapsed = sorted(name for name, v in present.items() if v < cfg.layer_threshold)
+        fraction = len(collapsed) / len(present)
+        fires = median_sd < cfg.median_threshold if cfg.aggregate == "median" else fraction >= cfg.fraction_threshold
+        if not fires:
+            return NORMAL
+        return _Firing(
+            "warning", collapsed,
+            {"median_sd": median_sd, "fraction_collapsed": fraction, "n_layers": float(len(present))},
+            f"SA sign diversity collapsed: median {median_sd:.3f} over {len(present)} layers, "
+            f"{len(collapsed)} below {cfg.layer_threshold} (for {cfg.consecutive} measurements)")
+
+    def _series_dict(self) -> Any:
+        return {layer: _series_to_json(s) for layer, s in self.series.items()}
+
+    def _load_series(self, data: Any) -> None:
+        self.series = {layer: _series_from_json(pairs) for layer, pairs in data.items()}
+        self._baselines = {layer: self._baseline(s) for layer, s in self.series.items()}
+
+
+# -- robust spikes of a per-step scalar ---------------------------------------------------------------------------------
+@dataclass
+class SpikeConfig:
+    """Robust z-score spike rule: z = (x - median) / (1.4826 MAD) over the previous ``window`` finite measurements
+    (at least ``min_history``), on log(x) if ``log``. Fires when z > ``z_threshold``; the scale is floored at
+    ``rel_floor`` times |median| so a flat series does not make every wiggle a spike. Non-finite x is critical."""
+
+    metric: str = "loss"
+    layer: str = STEP_LAYER
+    window: int = 50
+    min_history: int = 10
+    z_threshold: float = 6.0
+    log: bool = False
+    rel_floor: float = 0.01
+    reset_after: int = 3
+
+
+class RobustSpikeDetector(_EpisodeDetector):
+    """Spike of one scalar series against its own trailing window."""
+
+    name = "spike"
+    config_cls = SpikeConfig
+
+    def __init__(self, config: SpikeConfig | None = None):
+        super().__init__(config)
+        self.series: dict[int, float] = {}
+        self._order: list[int] = []
+
+    def _absorb(self, records: list[Record]) -> float | None:
+        changed: float | None = None
+        for r in records:
+            if r.layer != self.config.layer or self.config.metric not in r.metrics:
+                continue
+            if r.step not in self.series:
+                bisect.insort(self._order, r.step)
+            self.series[r.step] = r.metrics[self.config.metric]
+            changed = r.step if changed is None else min(changed, r.step)
+        return changed
+
+    def _steps(self) -> list[int]:
+        return self._order
+
+    def _transform(self, x: float) -> float | None:
+        if not self.config.log:
+            return x
+        return math.log(x) if x > 0 else None
+
+    def _evaluate(self, step: int) -> _Firing | str | None:
+        cfg = self.config
+        x = self.series[step]
+        if not math.isfinite(x):
+            return _Firing("critical", [], {cfg.metric: x}, f"{cfg.metric} is {x} at step {step}")
+        tx = self._transform(x)
+        if tx is None:
+            return None
+        idx = bisect.bisect_left(self._order, step)
+        history: list[float] = []
+        for j in range(idx - 1, -1, -1):
+            v = self.series[self._order[j]]
+            t = self._transform(v) if math.isfinite(v) else None
+            if t is not None:
+                history.append(t)
+                if len(history) == cfg.window:
+                    break
+        if len(history) < cfg.min_history:
+            return None
+        med = statistics.median(history)
+        mad = statistics.median(abs(h - med) for h in history)
+        scale = max(1.4826 * mad, cfg.rel_floor * abs(med), 1e-12)
+        z = (tx - med) / scale
+        if z <= cfg.z_threshold:
+            return NORMAL
+        median_value = math.exp(med) if cfg.log else med
+        return _Firing("warning", [], {cfg.metric: x, "median": median_value, "z": z},
+                       f"{cfg.metric} spike at step {step}: {x:.4g} against trailing median {median_value:.4g} "
+                       f"(robust z {z:.1f} > {cfg.z_threshold})")
+
+    def _series_dict(self) -> Any:
+        return _series_to_json(self.series)
+
+    def _load_series(self, data: Any) -> None:
+        self.series = _series_from_json(data)
+        self._order = sorted(self.series)
+
+
+@dataclass
+class LossSpikeConfig(SpikeConfig):
+    """Loss spike: raw loss values."""
+
+
+@dataclass
+class GradNormSpikeConfig(SpikeConfig):
+    """Gradient-norm spike: on log scale, since gradient norms are heavy-tailed and positive."""
+
+    metric: str = "grad_norm"
+    log: bool = True
+
+
+class LossSpikeDetector(RobustSpikeDetector):
+    name = "loss_spike"
+    config_cls = LossSpikeConfig
+
+
+class GradNormSpikeDetector(RobustSpikeDetector):
+    name = "grad_norm_spike"
+    config_cls = GradNormSpikeConfig
+
+
+# -- weight-norm growth -------------------------------------------------------------------------------------------------
+@dataclass
+class WeightNormGrowthConfig:
+    """Fires when a layer's ``metric`` grew by at least ``ratio_threshold`` over its last ``window`` measurements
+    (``metric="sigma1"`` watches the spectral norm instead). Non-finite values are critical."""
+
+    metric: str = "weight_norm"
+    window: int = 20
+    ratio_threshold: float = 1.5
+    reset_after: int = 3
+
+
+class WeightNormGrowthDetector(_EpisodeDetector):
+    """Per-layer weight-norm growth; one warning lists every layer that grew at the firing step."""
+
+    name = "weight_norm_growth"
+    config_cls = WeightNormGrowthConfig
+
+    def __init__(self, config: WeightNormGrowthConfig | None = None):
+        super().__init__(config)
+        self.series: dict[str, dict[int, float]] = {}
+        self._orders: dict[str, list[int]] = {}
+
+    def _absorb(self, records: list[Record]) -> float | None:
+        changed: float | None = None
+        for r in records:
+            if r.layer == STEP_LAYER or self.config.metric not in r.metrics:
+                continue
+            layer = self.series.setdefault(r.layer, {})
+            if r.step not in layer:
+                bisect.insort(self._orders.setdefault(r.layer, []), r.step)
+            layer[r.step] = r.metrics[self.config.metric]
+            changed = r.step if changed is None else min(changed, r.step)
+        return changed
+
+    def _steps(self) -> list[int]:
+        return sorted({s for order in self._orders.values() for s in order})
+
+    def _evaluate(self, step: int) -> _Firing | str | None:
+        cfg = self.config
+        grown: dict[str, float] = {}
+        bad: dict[str, float] = {}
+        judged = False
+        for name, layer in self.series.items():
+            if step not in layer:
+                continue
+            x = layer[step]
+            if not math.isfinite(x):
+                bad[name] = x
+                continue
+            idx = bisect.bisect_left(self._orders[name], step)
+            if idx < cfg.window:
+                continue
+            judged = True
+            prev = layer[self._orders[name][idx - cfg.window]]
+            if math.isfinite(prev) and prev > 0 and x / prev >= cfg.ratio_threshold:
+                grown[name] = x / prev
+        if bad:
+            return _Firing("critical", sorted(bad), {f"{cfg.metric}:{k}": v for k, v in bad.items()},
+                           f"{cfg.metric} is non-finite in {len(bad)} layers at step {step}")
+        if not grown:
+            return NORMAL if judged else None
+        worst = max(grown, key=grown.get)
+        return _Firing("warning", sorted(grown), {"max_ratio": grown[worst], "n_layers": float(len(grown))},
+                       f"{cfg.metric} grew x{grown[worst]:.2f} in {cfg.window} measurements ({worst}); "
+                       f"{len(grown)} layers above x{cfg.ratio_threshold}")
+
+    def _series_dict(self) -> Any:
+        return {layer: _series_to_json(s) for layer, s in self.series.items()}
+
+    def _load_series(self, data: Any) -> None:
+        self.series = {layer: _series_from_json(pairs) for layer, pairs in data.items()}
+        self._orders = {layer: sorted(s) for layer, s in self.series.items()}
+
+
+DETECTORS: dict[str, type[_EpisodeDetector]] = {
+    cls.name: cls for cls in (SACollapseDetector, GradNormSpikeDetector, LossSpikeDetector, WeightNormGrowthDetector)
+}
+
+
+@dataclass
+class DetectorSet:
+    """The detectors of one run: feeds every record batch to each and collects their new warnings."""
+
+    detectors: list[_EpisodeDetector] = field(default_factory=list)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Mapping[str, Any] | None] | Iterable[str] | None = None) -> DetectorSet:
+        """``spec`` as sent in ``POST /v1/runs {detectors}``: name -> config overrides, a list of names, or None
+        (all detectors with default configs)."""
+        if spec is None:
+            spec = {name: None for name in DETECTORS}
+        elif not isinstance(spec, Mapping):
+            spec = {name: None for name in spec}
+        dets = []
+        for name, overrides in spec.items():
+            if name not in DETECTORS:
+                raise ValueError(f"unknown detector {name!r}; known: {sorted(DETECTORS)}")
+            det_cls = DETECTORS[name]
+            dets.append(det_cls(_config_from(det_cls.config_cls, overrides)))
+        return cls(dets)
+
+    def ingest(self, records: Iterable[Record | Mapping[str, Any]]) -> list[DetectorWarning]:
+        parsed = [Record.parse(r) for r in records]
+        warnings = [w for det in self.detectors for w in det.ingest(parsed)]
+        return sorted(warnings, key=lambda w: (w.step, w.detector))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"detectors": [d.to_dict() for d in self.detectors]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DetectorSet:
+        return cls([DETECTORS[d["detector"]].from_dict(d) for d in data.get("detectors", [])])

@@ -9,6 +9,7 @@ import time
 import uuid
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,12 +59,28 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        body_limit_reply = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, body_limit_reply
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if status == 413 and (b"content-type", b"text/plain; charset=utf-8") in message.get("headers", []):
+                    body_limit_reply = True  # Starlette's body-size limit answers in plain text: restate it below
+                    return
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            elif body_limit_reply and message["type"] == "http.response.body":
+                limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+                body = json.dumps({
+                    "type": "/problems/request-too-large", "title": "Request too large", "status": 413,
+                    "detail": f"request body exceeds this endpoint's limit of {limit} bytes", "instance": scope["path"],
+                    "request_id": request_id,
+                }).encode()
+                headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
+                           (b"x-request-id", request_id.encode())]
+                await send({"type": "http.response.start", "status": 413, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
             await send(message)
 
         try:

@@ -8,7 +8,9 @@ import math
 import threading
 from collections import OrderedDict
 
-from metanets.detectors import DetectorSet, Record, encode_value
+from pydantic import TypeAdapter, ValidationError
+
+from metanets.detectors import DETECTORS, DetectorSet, Record, encode_value
 from storage import runs
 
 from .problems import Problem, not_found
@@ -62,10 +64,16 @@ class RunEvents:
             loop.call_soon_threadsafe(event.set)
 
 
-def detectors_for(spec: dict | list | None) -> DetectorSet:
-    """Build the run's detectors from its settings; a bad name or option is the caller's 422."""
+def detectors_for(spec: dict) -> DetectorSet:
+    """Build the run's detectors from its settings; a bad name, option or option type is the caller's 422."""
     try:
+        for name, overrides in spec.items():
+            if name in DETECTORS and overrides:
+                TypeAdapter(DETECTORS[name].config_cls).validate_python(overrides)
         return DetectorSet.from_spec(spec)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise Problem(422, "validation-error", f"detectors: {detail}", title="Invalid request") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise Problem(422, "validation-error", f"detectors: {exc}", title="Invalid request") from None
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from metanets.detectors import DETECTORS
 from storage import runs
 
 from .. import runs as run_service
@@ -104,15 +105,16 @@ def _run(session: Session, run_id: str):
 
 
 def _spec(detectors) -> dict:
+    """The run's detector settings, explicit: absent means every detector with its defaults."""
     if detectors is None:
-        return {}
+        return {name: None for name in DETECTORS}
     return {name: None for name in detectors} if isinstance(detectors, list) else detectors
 
 
 @router.post("", status_code=201, response_model=RunOut, max_body_size=1 << 20, summary="Start a run")
 def create_run(body: RunIn, response: Response, services: Services = Depends(get_services)):
     spec = _spec(body.detectors)
-    run_service.detectors_for(spec or None)
+    run_service.detectors_for(spec)
     with services.writing() as session:
         run = runs.create(session, body.name, body.model, spec)
     response.headers["Location"] = f"/v1/runs/{run.id}"

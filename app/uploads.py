@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -48,9 +49,11 @@ def _check_declared_length(request: Request, limit: int) -> None:
 
 
 async def _pump(request: Request, write, limit: int) -> int:
-    """Feed the body to `write` in batches on a worker thread; refuse as soon as the limit is passed."""
+    """Feed the body to `write` in batches on a worker thread while the next batch is received (one batch in
+    flight, so memory stays bounded); refuse as soon as the limit is passed."""
     total = pending = 0
     batch: list[bytes] = []
+    in_flight: asyncio.Future | None = None
     try:
         async for chunk in request.stream():
             total += len(chunk)
@@ -59,12 +62,19 @@ async def _pump(request: Request, write, limit: int) -> int:
             batch.append(chunk)
             pending += len(chunk)
             if pending >= BATCH:
-                await run_in_threadpool(_write_all, write, batch)
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.ensure_future(run_in_threadpool(_write_all, write, batch))
                 batch, pending = [], 0
+        if in_flight is not None:
+            await in_flight
+        if batch:
+            await run_in_threadpool(_write_all, write, batch)
     except ClientDisconnect:
         raise Problem(400, "incomplete-upload", "the client disconnected before the upload finished") from None
-    if batch:
-        await run_in_threadpool(_write_all, write, batch)
+    finally:
+        if in_flight is not None and not in_flight.done():
+            await asyncio.wait([in_flight])  # never leave a thread writing into a file about to be discarded
     return total
 
 

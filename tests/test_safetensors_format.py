@@ -152,3 +152,20 @@ def test_stream_decoder_flags_truncated_trailing_and_bad_streams():
     assert trailing.failed and not trailing.complete
     garbage = stf.StreamDecoder()
     assert list(garbage.feed(struct.pack("<Q", 10) + b"not json!!" + b"\0" * 8)) == [] and garbage.failed
+    zeros = stf.StreamDecoder()  # header length 0: refused, not an endless loop
+    assert list(zeros.feed(b"\0" * 64)) == [] and zeros.failed
+    huge = stf.StreamDecoder()
+    assert list(huge.feed(struct.pack("<Q", 1 << 40))) == [] and huge.failed
+
+
+@settings(max_examples=300, deadline=2000)
+@given(st.binary(max_size=300), st.integers(1, 40), st.booleans())
+def test_stream_decoder_survives_arbitrary_bytes(data, size, with_valid_prefix):
+    """Hostile streams: any bytes, any chunking, end in a verdict (decoded, failed or incomplete), never a hang."""
+    if with_valid_prefix:
+        data = safetensors.torch.save({"w": torch.ones(3)})[: len(data) % 64] + data
+    decoder = stf.StreamDecoder()
+    for start in range(0, len(data), size):
+        for _entry, values in decoder.feed(data[start : start + size]):
+            assert values.ndim == 1
+    assert not (decoder.failed and decoder.complete)

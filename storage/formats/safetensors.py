@@ -161,20 +161,19 @@ class StreamDecoder:
         if self.failed:
             return
         data = memoryview(data)
-        if self.header is None:
-            while self.header is None and len(data):
-                try:
-                    need = 8 if len(self._head) < 8 else 8 + header_length(bytes(self._head[:8]))
-                    take = min(need - len(self._head), len(data))
-                    self._head += data[:take]
-                    self.position += take
-                    data = data[take:]
-                    if len(self._head) == need and need > 8:
-                        self.header = parse_header(bytes(self._head[8:]))
-                        self._head = bytearray()
-                except InvalidCheckpoint:
-                    self.failed = True
-                    return
+        while self.header is None and len(data):
+            try:
+                need = 8 if len(self._head) < 8 else 8 + header_length(bytes(self._head[:8]))
+                take = min(need - len(self._head), len(data))
+                self._head += data[:take]
+                self.position += take
+                data = data[take:]
+                if len(self._head) >= 8 and len(self._head) == 8 + header_length(bytes(self._head[:8])):
+                    self.header = parse_header(bytes(self._head[8:]))
+                    self._head = bytearray()
+            except InvalidCheckpoint:
+                self.failed = True
+                return
         entries = self.header.tensors if self.header else []
         while len(data) and self._index < len(entries):
             entry = entries[self._index]

@@ -1,7 +1,7 @@
 """Measure SpectralMonitor's training-step overhead on a small GPT-like model (CPU), posting to a loopback sink.
 
-Usage: python bench/monitor_overhead.py [--every 10] [--steps 100]. Prints median ms/step without the monitor, and with it for monitored
-and other steps.
+Usage: python bench/monitor_overhead.py [--every 10] [--steps 100]. Prints median ms/step without the monitor,
+and with it for monitored and other steps.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def run(steps: int, monitor_every: int | None, url: str, clock) -> tuple[list[fl
     torch.manual_seed(0)
     model = GPT()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    monitor = SpectralMonitor(model, "bench", client=WeightscopeClient(url), every=monitor_every) if monitor_every else None
+    monitor = None
+    if monitor_every:
+        monitor = SpectralMonitor(model, "bench", client=WeightscopeClient(url), every=monitor_every)
     data = torch.randint(0, 97, (steps + 5, 16, 65))
     monitored, other = [], []
     for i in range(steps + 5):

@@ -316,7 +316,7 @@ class SACollapseDetector(_EpisodeDetector):
         self._baselines = {layer: self._baseline(s) for layer, s in self.series.items()}
 
 
-# -- robust spikes of a per-step scalar ---------------------------------------------------------------------------------
+# -- robust spikes of a per-step scalar --------------------------------------------------------------------------------
 @dataclass
 class SpikeConfig:
     """Robust z-score spike rule: z = (x - median) / (1.4826 MAD) over the previous ``window`` finite measurements
@@ -424,7 +424,7 @@ class GradNormSpikeDetector(RobustSpikeDetector):
     config_cls = GradNormSpikeConfig
 
 
-# -- weight-norm growth -------------------------------------------------------------------------------------------------
+# -- weight-norm growth ------------------------------------------------------------------------------------------------
 @dataclass
 class WeightNormGrowthConfig:
     """Fires when a layer's ``metric`` grew by at least ``ratio_threshold`` over its last ``window`` measurements

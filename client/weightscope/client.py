@@ -6,7 +6,6 @@ server never has to unpickle anything from this client.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -177,7 +176,9 @@ class WeightscopeClient:
             params["tags"] = ",".join(tag_list)
         headers = {"Content-Type": "application/octet-stream"}
         if isinstance(source, (str, os.PathLike)):
-            with open(Path(source), "rb") as fh:
+            path = Path(source)
+            headers["Content-Length"] = str(path.stat().st_size)  # streamed, but with a length the server can check
+            with open(path, "rb") as fh:
                 return self._request("POST", "/v1/checkpoints", params=params, content=fh, headers=headers,
                                      expect=(200, 201)).json()
         if isinstance(source, (bytes, bytearray, memoryview)):
@@ -186,7 +187,7 @@ class WeightscopeClient:
             if hasattr(source, "state_dict") and callable(source.state_dict):
                 source = source.state_dict()
             body = state_dict_to_safetensors(source)
-        return self._request("POST", "/v1/checkpoints", params=params, content=io.BytesIO(body), headers=headers,
+        return self._request("POST", "/v1/checkpoints", params=params, content=body, headers=headers,
                              expect=(200, 201)).json()
 
     def list_checkpoints(

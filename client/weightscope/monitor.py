@@ -31,7 +31,9 @@ from torch import nn
 
 from .client import Run, WeightscopeClient, telemetry_record
 from .poster import TelemetryPoster
-from .spectral import DEFAULT_EPS, DEFAULT_HIST_BINS, DEFAULT_QUANTILES, TopSingular, alignment, sa_summary, top_singular
+from .spectral import (
+    DEFAULT_EPS, DEFAULT_HIST_BINS, DEFAULT_QUANTILES, TopSingular, alignment, sa_summary, top_singular,
+)
 
 log = logging.getLogger("weightscope")
 
@@ -241,7 +243,7 @@ class SpectralMonitor:
         names = ("query", "key", "value")
         inputs = [args[i] if i < len(args) else kwargs.get(names[i]) for i in range(3)]
         with torch.no_grad():
-            for tap, x in zip(slices, inputs):
+            for tap, x in zip(slices, inputs, strict=True):
                 if isinstance(x, torch.Tensor):
                     self._align_rows(tap, x, self._top(tap).v)
 

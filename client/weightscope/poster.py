@@ -171,9 +171,13 @@ class TelemetryPoster:
                 backoff = self.backoff_initial
                 self._done()
                 continue
-            with self._cond:
-                if not self._closed:
-                    self._cond.wait(backoff)
+            with self._cond:  # back off; new records do not cut it short, a flush or close does
+                deadline = time.monotonic() + backoff
+                while not self._closed and not self._flush_requested:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
             backoff = min(backoff * 2, self.backoff_max)
 
     def _on_failure(self, batch: list[dict[str, Any]], exc: BaseException) -> None:

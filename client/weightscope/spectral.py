@@ -85,7 +85,10 @@ def top_singular(
 
 
 def alignment(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """SA values: cosine of each row of ``x`` (n x d) with ``direction`` (d). Zero rows give 0, non-finite rows NaN; no centering."""
+    """SA values: cosine of each row of ``x`` (n x d) with ``direction`` (d); no centering.
+
+    Zero rows give 0; rows with non-finite entries give NaN (counted as ``sa_nonfinite``, a signal).
+    """
     xf = x.detach().reshape(-1, direction.shape[0]).to(direction.dtype)
     d = direction / direction.norm().clamp_min(torch.finfo(direction.dtype).tiny)
     dots = xf @ d
@@ -139,7 +142,7 @@ def sa_summary(
     else:
         qs = torch.full((len(quantiles),), float("nan"), dtype=torch.float64)
         hist = torch.full((hist_bins,), float("nan"), dtype=torch.float64)
-    for q, val in zip(quantiles, qs.tolist()):
+    for q, val in zip(quantiles, qs.tolist(), strict=True):
         out[quantile_name(q)] = val
     for i, val in enumerate(hist.tolist()):
         out[f"sa_hist_{i:02d}"] = val

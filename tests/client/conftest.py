@@ -44,7 +44,10 @@ class FakeServer:
                 else:
                     status, headers = 404, {"Content-Type": "application/problem+json"}
                     payload = {"type": "about:blank", "title": "Not Found", "status": 404, "detail": url.path}
-                data = b"" if payload is None else (payload if isinstance(payload, bytes) else json.dumps(payload).encode())
+                if payload is None or isinstance(payload, bytes):
+                    data = payload or b""
+                else:
+                    data = json.dumps(payload).encode()
                 self.send_response(status)
                 headers = {"Content-Type": "application/json", **headers}
                 for k, v in headers.items():

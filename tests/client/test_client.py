@@ -44,6 +44,16 @@ def test_upload_sends_safetensors_with_query_and_bearer(fake_server):
     assert torch.equal(loaded["weight"], model.weight.detach())
 
 
+def test_upload_from_a_file_streams_it_with_its_length(fake_server, tmp_path):
+    fake_server.routes[("POST", "/v1/checkpoints")] = lambda req: (201, {}, {"id": "c2"})
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(state_dict_to_safetensors({"w": torch.randn(64, 64)}))
+    assert WeightscopeClient(fake_server.url).upload_checkpoint(path, name="m")["id"] == "c2"
+    req = fake_server.requests[-1]
+    assert req["headers"]["Content-Length"] == str(path.stat().st_size)
+    assert req["body"] == path.read_bytes()
+
+
 def test_problem_details_become_errors(fake_server):
     client = WeightscopeClient(fake_server.url)
     with pytest.raises(WeightscopeError) as info:

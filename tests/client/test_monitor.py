@@ -190,3 +190,51 @@ def test_non_finite_values_are_reported_not_raised(fake_server):
     assert recs[(0, "")]["sa_nonfinite"] == 1 and recs[(0, "")]["sa_count"] <= 9
     assert recs[(0, "_step")]["loss"] == "NaN" and recs[(0, "_step")]["grad_norm"] == "NaN"
     assert recs[(1, "")]["weight_norm"] == "Infinity" and recs[(1, "_step")]["loss"] == "Infinity"
+
+
+def _svd_sa(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    v1 = torch.linalg.svd(matrix.detach().double())[2][0]
+    rows = rows.detach().double()
+    return (rows @ v1) / rows.norm(dim=1)
+
+
+def test_conv2d_with_stride_and_reflect_padding_matches_unfold(fake_server):
+    torch.manual_seed(4)
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, padding_mode="reflect")
+    monitor = SpectralMonitor(conv, "r", client=WeightscopeClient(fake_server.url), every=1, max_tokens=10_000,
+                              power_iters=3000, power_tol=1e-13)
+    x = torch.randn(2, 3, 9, 9) + 0.3
+    conv(x)
+    monitor.step()
+    assert monitor.close(timeout=10)
+    (rec,) = [r["metrics"] for r in fake_server.telemetry_records() if r["layer"] != "_step"]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    patches = F.unfold(padded, 3, stride=2).transpose(1, 2).reshape(-1, 27)
+    sa = _svd_sa(conv.weight.reshape(5, -1), patches)
+    assert rec["sa_count"] == int((sa.abs() >= 1e-3).sum()) == 2 * 5 * 5
+    assert rec["sa_abs_mean"] == pytest.approx(float(sa.abs().mean()), abs=1e-5)
+    assert rec["sa_sign_diversity"] == pytest.approx(2 * min(float((sa > 0).float().mean()),
+                                                             float((sa < 0).float().mean())))
+
+
+def test_hugging_face_gpt2_conv1d_layers(fake_server):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(5)
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16)
+    model = transformers.GPT2LMHeadModel(config).train()
+    monitor = SpectralMonitor(model, "r", client=WeightscopeClient(fake_server.url), every=1, max_tokens=10_000,
+                              power_iters=3000, power_tol=1e-13)
+    assert sorted(t.name for t in monitor.taps) == sorted(
+        f"transformer.h.0.{n}" for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))  # lm_head is tied
+    seen = {}
+    hook = model.transformer.h[0].attn.c_attn.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    model(torch.randint(0, 50, (2, 8)))
+    hook.remove()
+    monitor.step()
+    assert monitor.close(timeout=10)
+    recs = {r["layer"]: r["metrics"] for r in fake_server.telemetry_records()}
+    c_attn = model.transformer.h[0].attn.c_attn
+    sa = _svd_sa(c_attn.weight.T, seen["x"].reshape(-1, 16))  # HF Conv1D stores its weight as (in, out)
+    got = recs["transformer.h.0.attn.c_attn"]
+    assert got["sa_abs_mean"] == pytest.approx(float(sa.abs().mean()), abs=1e-5)
+    assert got["sigma1"] == pytest.approx(float(torch.linalg.svdvals(c_attn.weight.detach().double())[0]), rel=1e-6)

@@ -88,3 +88,13 @@ def test_server_restart_resends_after_failure(closed_port_url, fake_server):
     assert poster.flush(timeout=5)
     assert [r["step"] for r in fake_server.telemetry_records()] == list(range(5))
     poster.close(timeout=2)
+
+
+def test_backoff_is_not_cut_short_by_new_records(closed_port_url):
+    poster = TelemetryPoster(WeightscopeClient(closed_port_url), "r", batch_size=1, flush_interval=0.01,
+                             backoff_initial=0.5, backoff_max=0.5)
+    for i in range(40):
+        poster.enqueue(_records(1, start=i))
+        time.sleep(0.01)
+    assert 1 <= poster.failures <= 2  # ~0.4 s of enqueues inside a 0.5 s backoff: one attempt, maybe two
+    poster.close(timeout=0.1)

@@ -20,7 +20,8 @@ from metanets.detectors import (
 
 def sd_records(steps, sd_of):
     """SA records for layers l0..l3 with sign diversity sd_of(step, layer_index)."""
-    return [{"step": s, "layer": f"l{i}", "metrics": {"sa_sign_diversity": sd_of(s, i)}} for s in steps for i in range(4)]
+    return [{"step": s, "layer": f"l{i}", "metrics": {"sa_sign_diversity": sd_of(s, i)}}
+            for s in steps for i in range(4)]
 
 
 def loss_records(values, metric="loss"):
@@ -109,7 +110,8 @@ def test_grad_norm_spike_on_log_scale_and_inf():
 
 def test_weight_norm_growth():
     cfg = WeightNormGrowthConfig(window=10, ratio_threshold=1.5)
-    records = [{"step": s, "layer": name, "metrics": {"weight_norm": 10.0 * (1.1 ** max(0, s - 50) if name == "a" else 1)}}
+    grow = lambda s, name: 1.1 ** max(0, s - 50) if name == "a" else 1.0  # noqa: E731
+    records = [{"step": s, "layer": name, "metrics": {"weight_norm": 10.0 * grow(s, name)}}
                for s in range(100) for name in ("a", "b")]
     (w,) = WeightNormGrowthDetector(cfg).ingest(records)
     assert w.layers == ["a"]

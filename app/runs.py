@@ -78,10 +78,13 @@ def detectors_for(spec: dict) -> DetectorSet:
         raise Problem(422, "validation-error", f"detectors: {exc}", title="Invalid request") from None
 
 
-def _row(record: dict) -> dict:
+def _encoded(record: dict) -> dict:
     metrics = {name: encode_value(float(value)) for name, value in record["metrics"].items()}
-    nonfinite = any(not math.isfinite(float(v)) for v in record["metrics"].values())
-    return {"step": record["step"], "layer": record["layer"], "metrics": metrics, "nonfinite": nonfinite}
+    return {"step": record["step"], "layer": record["layer"], "metrics": metrics}
+
+
+def _flagged(row: dict) -> dict:
+    return {**row, "nonfinite": any(not math.isfinite(float(v)) for v in row["metrics"].values())}
 
 
 def warning_row(warning) -> dict:
@@ -92,13 +95,14 @@ def warning_row(warning) -> dict:
 
 def ingest_telemetry(services: Services, cache: DetectorCache, events: RunEvents, run_id: str, records: list[dict]) -> dict:
     """Store a batch and detect on it, in one write transaction per batch."""
-    rows = [_row(r) for r in records]
+    incoming = [_encoded(r) for r in records]
     try:
         with services.writing() as session:
             run = runs.lock(session, run_id)
             if run is None:
                 raise not_found("run", run_id)
             detectors = cache.take(run_id, run.version)
+            rows = [_flagged(row) for row in runs.merge_records(session, run_id, incoming)]
             runs.upsert_telemetry(session, run_id, rows)
             if detectors is None:  # first batch here, or another process wrote since: replay everything stored
                 detectors = detectors_for(run.detectors)
@@ -114,7 +118,7 @@ def ingest_telemetry(services: Services, cache: DetectorCache, events: RunEvents
     cache.put(run_id, version, detectors)
     if new:
         events.notify(run_id)
-    return {"run_id": run_id, "stored": len(rows), "new_warnings": new}
+    return {"run_id": run_id, "stored": len(incoming), "new_warnings": new}
 
 
 def downsample(points: list[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -34,8 +34,24 @@ def list_runs(session: Session, limit: int, name: str | None = None) -> list[Run
     return list(session.scalars(query))
 
 
+def merge_records(session: Session, run_id: str, rows: list[dict]) -> list[dict]:
+    """Fold a batch into what is stored: one record per (step, layer), whose metrics a later record updates by
+    name (a step's loss and its gradient norm may come in separate records). Needs the run locked."""
+    merged: dict[tuple[int, str], dict] = {}
+    for row in rows:
+        merged.setdefault((row["step"], row["layer"]), {}).update(row["metrics"])
+    stored = session.execute(
+        select(TelemetryRecord.step, TelemetryRecord.layer, TelemetryRecord.metrics).where(
+            TelemetryRecord.run_id == run_id, tuple_(TelemetryRecord.step, TelemetryRecord.layer).in_(list(merged))
+        )
+    )
+    for step, layer, metrics in stored:
+        merged[(step, layer)] = {**metrics, **merged[(step, layer)]}
+    return [{"step": step, "layer": layer, "metrics": metrics} for (step, layer), metrics in merged.items()]
+
+
 def upsert_telemetry(session: Session, run_id: str, rows: list[dict]) -> int:
-    """Store records keyed by (run, step, layer); a resent record replaces the earlier one. Bumps the run's version."""
+    """Store merged records (see `merge_records`) keyed by (run, step, layer), and bump the run's version."""
     if not rows:
         return 0
     now = utcnow()

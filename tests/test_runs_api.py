@@ -62,6 +62,16 @@ def test_telemetry_is_idempotent_out_of_order_and_keeps_nonfinite(client):
     assert critical and critical[0]["step"] == 30 and critical[0]["values"]["loss"] == "NaN"
 
 
+def test_records_for_one_step_merge_by_metric(client):
+    """A step's loss and gradient norm may come in separate records, even in one batch: both are kept."""
+    rid = _run(client, detectors=["loss_spike"])
+    batch = [{"step": 3, "layer": "_step", "metrics": {"loss": 1.5}}, {"step": 3, "layer": "_step", "metrics": {"grad_norm": 0.7}}]
+    assert client.post(f"/v1/runs/{rid}/telemetry", json={"records": batch}).status_code == 200
+    client.post(f"/v1/runs/{rid}/telemetry", json={"records": [{"step": 3, "layer": "_step", "metrics": {"loss": 1.25, "lr": 0.1}}]})
+    for metric, value in (("loss", 1.25), ("grad_norm", 0.7), ("lr", 0.1)):
+        assert client.get(f"/v1/runs/{rid}/series", params={"metric": metric}).json()["points"] == [[3, value]]
+
+
 def test_bad_telemetry(client):
     rid = _run(client)
     r = client.post(f"/v1/runs/{rid}/telemetry", json={"records": [{"step": -1, "layer": "a", "metrics": {}}]})

@@ -182,7 +182,7 @@ class Run(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(255))
-    model: Mapped[dict | None] = mapped_column()
+    model: Mapped[dict | str | None] = mapped_column(JSON)
     detectors: Mapped[dict] = mapped_column(default=dict)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
     last_step: Mapped[int | None] = mapped_column(BigInteger)

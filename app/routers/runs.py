@@ -33,7 +33,7 @@ class RunIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=255)
-    model: dict[str, Any] | None = Field(None, description="free-form description of the model being trained")
+    model: dict[str, Any] | str | None = Field(None, max_length=10_000, description="free-form description of the model: a name or a JSON object")
     detectors: dict[str, dict[str, Any] | None] | list[str] | None = Field(
         None, description="detector name -> option overrides, or a list of names; absent: all with defaults",
         examples=[{"sa_collapse": {"consecutive": 3}, "loss_spike": None}])
@@ -42,7 +42,7 @@ class RunIn(BaseModel):
 class RunOut(_Out):
     id: str
     name: str
-    model: dict[str, Any] | None
+    model: dict[str, Any] | str | None
     detectors: dict[str, Any]
     last_step: int | None
     created_at: Any

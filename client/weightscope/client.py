@@ -258,18 +258,21 @@ class WeightscopeClient:
 
     # -- runs, telemetry, warnings -----------------------------------------------------------------------------
     def create_run(
-        self, name: str, *, model: str | None = None, detectors: Mapping[str, Any] | None = None
+        self, name: str, *, model: Mapping[str, Any] | str | None = None,
+        detectors: Mapping[str, Any] | Iterable[str] | None = None,
     ) -> dict[str, Any]:
-        """Create a run; ``detectors`` maps detector name -> config overrides (see metanets.detectors)."""
+        """Create a run; ``model`` is a free-form description (a name or a JSON object); ``detectors`` maps detector name -> config overrides (see
+        metanets.detectors) or lists names; absent: every detector with its defaults."""
         body: dict[str, Any] = {"name": name}
         if model is not None:
             body["model"] = model
         if detectors is not None:
-            body["detectors"] = dict(detectors)
+            body["detectors"] = dict(detectors) if isinstance(detectors, Mapping) else list(detectors)
         return self._request("POST", "/v1/runs", json=body, expect=(200, 201)).json()
 
     def start_run(
-        self, name: str, *, model: str | None = None, detectors: Mapping[str, Any] | None = None
+        self, name: str, *, model: Mapping[str, Any] | str | None = None,
+        detectors: Mapping[str, Any] | Iterable[str] | None = None,
     ) -> Run:
         """Create a run and return a handle for SpectralMonitor."""
         info = self.create_run(name, model=model, detectors=detectors)
@@ -284,6 +287,17 @@ class WeightscopeClient:
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/runs/{run_id}").json()
+
+    def get_series(
+        self, run_id: str, metric: str, *, layer: str = "_step", since_step: int | None = None, max_points: int | None = None
+    ) -> list[list[Any]]:
+        """[step, value] points of one metric of one layer, downsampled by the server (spikes kept)."""
+        params: dict[str, Any] = {"metric": metric, "layer": layer}
+        if since_step is not None:
+            params["since_step"] = since_step
+        if max_points is not None:
+            params["max_points"] = max_points
+        return self._request("GET", f"/v1/runs/{run_id}/series", params=params).json()["points"]
 
     def post_telemetry(self, run_id: str, records: list[dict[str, Any]], *, timeout: float | None = None) -> Any:
         """Post already-encoded records (see ``telemetry_record``); idempotent by (run, step, layer) on the server."""

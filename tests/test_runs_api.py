@@ -102,6 +102,7 @@ def test_spike_warns_once_per_episode_and_polls_with_etag(client):
     warning = items[0]
     assert warning["detector"] == "loss_spike" and warning["step"] == 60 and warning["values"]["loss"] == 50.0
     assert set(warning) >= {"id", "step", "layers", "detector", "severity", "message", "values"}
+    assert client.get(f"/v1/runs/{rid}/warnings", headers={"If-None-Match": page.headers["etag"]}).status_code == 304
     after = client.get(f"/v1/runs/{rid}/warnings", params={"since": page.json()["cursor"]})
     assert after.json()["items"] == [] and after.json()["cursor"] == page.json()["cursor"]
     assert client.get(f"/v1/runs/{rid}/warnings", params={"since": "abc"}).status_code == 400
@@ -157,15 +158,20 @@ def test_long_poll_and_server_sent_events(live_server):
         assert connected.wait(10)
         result: dict = {}
         poller = threading.Thread(target=lambda: result.update(r=c.get(f"/v1/runs/{rid}/warnings", params={"wait": 20})))
+        etag_poller = threading.Thread(target=lambda: result.update(e=c.get(
+            f"/v1/runs/{rid}/warnings", params={"wait": 20}, headers={"If-None-Match": idle.headers["etag"]})))
+        etag_poller.start()
         poller.start()
         time.sleep(0.5)
         posted_at = time.monotonic()
         with httpx.Client(base_url=live_server.url, timeout=30) as writer:
             writer.post(f"/v1/runs/{rid}/telemetry", json={"records": _loss_records(range(60, 65), spike_at=60)})
         poller.join(25)
+        etag_poller.join(25)
         listener.join(25)
         assert time.monotonic() - posted_at < 5  # woken by the warning, not by the 20 s timeout
         assert [w["step"] for w in result["r"].json()["items"]] == [60]
+        assert result["e"].status_code == 200 and [w["step"] for w in result["e"].json()["items"]] == [60]
         ids = [line for line in events if line.startswith("id:")]
         data = json.loads(next(line for line in events if line.startswith("data:"))[5:])
         assert data["detector"] == "loss_spike" and data["step"] == 60 and ids == [f"id: {data['seq']}"]

@@ -188,12 +188,24 @@ async def get_warnings(
     services: Services = Depends(get_services),
 ):
     cursor = _cursor(since)
-    items, latest, new_cursor = await _wait_for_warnings(request, services, run_id, cursor, limit, wait)
-    etag = f'"w{latest}-c{cursor}"'
-    if if_none_match == etag and not items:
+    items, latest, new_cursor = await run_in_threadpool(_page, services, run_id, cursor, limit)
+    unchanged = if_none_match == _etag(latest, cursor)
+    if wait > 0 and (unchanged or not items):
+        # Long-poll: until a warning newer than the client's view exists (or the wait ends), then answer for `since`.
+        _, newer, _ = await _wait_for_warnings(request, services, run_id, max(cursor, latest), 1, wait)
+        if newer > latest:
+            items, latest, new_cursor = await run_in_threadpool(_page, services, run_id, cursor, limit)
+            unchanged = False
+    etag = _etag(latest, cursor)
+    if unchanged:
         return Response(status_code=304, headers={"ETag": etag})
     body = WarningPage(items=[WarningOut.model_validate(w) for w in items], cursor=str(new_cursor))
     return JSONResponse(body.model_dump(mode="json"), headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+def _etag(latest: int, cursor: int) -> str:
+    """The page for `since=cursor` changes only when the run's newest warning does."""
+    return f'"w{latest}-c{cursor}"'
 
 
 @router.get("/{run_id}/warnings/stream", summary="Warnings as server-sent events (resume with Last-Event-ID)",

@@ -16,7 +16,7 @@ from .auth import KeyRegistry, require_key
 from .jobs.executor import EmbeddedExecutor, NoExecutor
 from .observability import RequestContext, configure_logging
 from .routers import architecture, checkpoints, health, jobs, runs
-from .runs import DetectorCache, RunEvents
+from .runs import DetectorCache, RunEvents, WarningPages
 from .services import Services
 from .settings import Settings
 
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keys = KeyRegistry(services)
         app.state.detector_cache = DetectorCache()
         app.state.run_events = RunEvents()
+        app.state.warning_pages = WarningPages()
         executor = EmbeddedExecutor(settings, settings.workers) if settings.workers > 0 else NoExecutor()
         executor.start()
         app.state.executor = executor

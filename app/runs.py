@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from collections import OrderedDict
 
 from pydantic import TypeAdapter, ValidationError
@@ -62,6 +63,48 @@ class RunEvents:
             tokens = list(self._events.get(run_id, ()))
         for loop, event in tokens:
             loop.call_soon_threadsafe(event.set)
+
+
+class WarningPages:
+    """What dashboards poll, served from memory: each run's newest warning seq (re-read from the database at most
+    every `ttl` seconds, at once after an ingest in this process) and rendered pages per (run, cursor, limit),
+    valid while that seq is unchanged. Another process's new warning shows within `ttl`."""
+
+    def __init__(self, ttl: float = 1.0, size: int = 4096):
+        self.ttl, self.size = ttl, size
+        self._newest: dict[str, tuple[int, float]] = {}
+        self._pages: OrderedDict[tuple[str, int, int], tuple[int, bytes, int, bool]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached_newest(self, run_id: str) -> int | None:
+        entry = self._newest.get(run_id)
+        return entry[0] if entry and time.monotonic() - entry[1] < self.ttl else None
+
+    def newest(self, services: Services, run_id: str) -> int:
+        cached = self.cached_newest(run_id)
+        if cached is not None:
+            return cached
+        with services.sessions() as session:
+            latest = runs.newest_warning(session, run_id)
+        if latest is None:
+            raise not_found("run", run_id)
+        self._newest[run_id] = (latest, time.monotonic())
+        return latest
+
+    def forget(self, run_id: str) -> None:
+        self._newest.pop(run_id, None)
+
+    def get(self, run_id: str, cursor: int, limit: int, latest: int) -> tuple[bytes, int, bool] | None:
+        with self._lock:
+            entry = self._pages.get((run_id, cursor, limit))
+        return entry[1:] if entry and entry[0] == latest else None
+
+    def put(self, run_id: str, cursor: int, limit: int, latest: int, body: bytes, new_cursor: int, has_items: bool) -> None:
+        with self._lock:
+            self._pages[(run_id, cursor, limit)] = (latest, body, new_cursor, has_items)
+            self._pages.move_to_end((run_id, cursor, limit))
+            while len(self._pages) > self.size:
+                self._pages.popitem(last=False)
 
 
 def detectors_for(spec: dict) -> DetectorSet:

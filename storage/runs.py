@@ -103,3 +103,11 @@ def warnings_after(session: Session, run_id: str, cursor: int, limit: int) -> li
 
 def last_warning_seq(session: Session, run_id: str) -> int:
     return session.scalar(select(func.coalesce(func.max(RunWarning.seq), 0)).where(RunWarning.run_id == run_id))
+
+
+def newest_warning(session: Session, run_id: str) -> int | None:
+    """The run's newest warning seq (0 if none), or None if the run does not exist; one round trip."""
+    exists_q = select(Run.id).where(Run.id == run_id).scalar_subquery()
+    latest_q = select(func.coalesce(func.max(RunWarning.seq), 0)).where(RunWarning.run_id == run_id).scalar_subquery()
+    found, latest = session.execute(select(exists_q, latest_q)).one()
+    return None if found is None else int(latest)

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -135,8 +135,11 @@ def get_run(run_id: str, session: Session = Depends(get_session)):
              summary="Post per-step, per-layer records; idempotent by (run, step, layer)")
 async def post_telemetry(run_id: str, body: TelemetryIn, request: Request, services: Services = Depends(get_services)):
     records = [r.model_dump() for r in body.records]
-    return await run_in_threadpool(run_service.ingest_telemetry, services, request.app.state.detector_cache,
-                                   request.app.state.run_events, run_id, records)
+    accepted = await run_in_threadpool(run_service.ingest_telemetry, services, request.app.state.detector_cache,
+                                       request.app.state.run_events, run_id, records)
+    if accepted["new_warnings"]:
+        request.app.state.warning_pages.forget(run_id)
+    return accepted
 
 
 def _cursor(since: str | None) -> int:
@@ -187,20 +190,36 @@ async def get_warnings(
     if_none_match: str | None = Header(None),
     services: Services = Depends(get_services),
 ):
+    pages: run_service.WarningPages = request.app.state.warning_pages
     cursor = _cursor(since)
-    items, latest, new_cursor = await run_in_threadpool(_page, services, run_id, cursor, limit)
+    latest = pages.cached_newest(run_id)
+    if latest is None:
+        latest = await run_in_threadpool(pages.newest, services, run_id)
     unchanged = if_none_match == _etag(latest, cursor)
-    if wait > 0 and (unchanged or not items):
-        # Long-poll: until a warning newer than the client's view exists (or the wait ends), then answer for `since`.
-        _, newer, _ = await _wait_for_warnings(request, services, run_id, max(cursor, latest), 1, wait)
-        if newer > latest:
-            items, latest, new_cursor = await run_in_threadpool(_page, services, run_id, cursor, limit)
-            unchanged = False
+    if wait > 0:
+        has_items = latest > cursor
+        if unchanged or not has_items:
+            # Long-poll: until a warning newer than the client's view exists (or the wait ends), then answer for `since`.
+            _, newer, _ = await _wait_for_warnings(request, services, run_id, max(cursor, latest), 1, wait)
+            if newer > latest:
+                pages.forget(run_id)
+                latest = await run_in_threadpool(pages.newest, services, run_id)
+                unchanged = False
     etag = _etag(latest, cursor)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if unchanged:
-        return Response(status_code=304, headers={"ETag": etag})
-    body = WarningPage(items=[WarningOut.model_validate(w) for w in items], cursor=str(new_cursor))
-    return JSONResponse(body.model_dump(mode="json"), headers={"ETag": etag, "Cache-Control": "no-cache"})
+        return Response(status_code=304, headers=headers)
+    cached = pages.get(run_id, cursor, limit, latest)
+    if cached is None:
+        items, latest_now, new_cursor = await run_in_threadpool(_page, services, run_id, cursor, limit)
+        body = json.dumps(WarningPage(items=[WarningOut.model_validate(w) for w in items], cursor=str(new_cursor)).model_dump(mode="json")).encode()
+        if latest_now == latest:
+            pages.put(run_id, cursor, limit, latest, body, new_cursor, bool(items))
+        else:
+            headers["ETag"] = _etag(latest_now, cursor)
+    else:
+        body = cached[0]
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def _etag(latest: int, cursor: int) -> str:

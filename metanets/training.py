@@ -220,6 +220,7 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
     describer = Describer(cfg.hints)
     if kind == "statnn":
         config["keys"] = float_keys(checkpoints[0])
+        config["shapes"] = {k: list(checkpoints[0][k].shape) for k in config["keys"]}
     else:
         descs = [describer(sd, f"checkpoint {i}") for i, sd in enumerate(checkpoints)]
         config["standardizer"] = Standardizer.fit([descs[i] for i in train_idx],
@@ -268,7 +269,7 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         _, val_loss = evaluate(val_idx)
         history.append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss})
         if progress:
@@ -313,14 +314,14 @@ def compatible(metanet: TrainedMetanet, state_dict: dict[str, torch.Tensor]) -> 
                 if v.is_floating_point() and not torch.isfinite(v).all()]
     if cfg["kind"] in ("statnn", "unf"):
         if cfg["kind"] == "statnn":
-            want = {k: None for k in cfg["keys"]}
+            want = cfg["shapes"]
         else:
             want = {e["tensor"]: t["shape"] for e in cfg["entries"] for t in cfg["architecture"]["tensors"]
                     if t["name"] == e["tensor"]}
         for k, shape in want.items():
             if k not in state_dict:
                 problems.append(f"tensor {k!r} is missing (the {cfg['kind']} metanet was trained on another architecture)")
-            elif shape is not None and list(state_dict[k].shape) != list(shape):
+            elif list(state_dict[k].shape) != list(shape):
                 problems.append(f"tensor {k!r} has shape {list(state_dict[k].shape)}, the metanet expects {shape}")
         extra = [k for k in state_dict if k not in want and state_dict[k].is_floating_point()
                  and (cfg["kind"] == "unf" or state_dict[k].numel() > 1)]

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import MetanetError
@@ -50,7 +51,7 @@ def save_chunk(out: Path, k: int, units: range, items: list[tuple[ZooMember, dic
     """Write the members' weights, then the chunk marker (so a crash never leaves a marker without weights)."""
     for member, sd in items:
         tmp = out / (member.file + ".tmp")
-        save_file(sd, str(tmp), metadata={"member": member.id})
+        save_file(sd, str(tmp), metadata={"member": member.id, "order": json.dumps(list(sd))})
         os.replace(tmp, out / member.file)
     _write_json(out / "chunks" / f"{k}.json",
                 {"units": [units.start, units.stop], "members": [asdict(m) for m, _ in items]})
@@ -70,4 +71,9 @@ def load_zoo(out_dir: str | Path) -> tuple[ZooRecipe, list[ZooMember]]:
 
 
 def load_member(out_dir: str | Path, member: ZooMember) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(out_dir) / member.file))
+    """The member's state dict, in the key order of the module it came from (safetensors sorts keys)."""
+    path = str(Path(out_dir) / member.file)
+    with safe_open(path, "pt") as f:
+        order = json.loads((f.metadata() or {}).get("order", "[]"))
+    sd = load_file(path)
+    return {k: sd[k] for k in order} if sorted(order) == sorted(sd) else sd

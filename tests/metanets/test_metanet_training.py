@@ -47,7 +47,7 @@ def test_reload_predict_and_compatible(trained, zoo, kind):
     wider["8.weight"], wider["8.bias"] = torch.zeros(12, 16), torch.zeros(12)
     broken = {k: v for k, v in sds[0].items() if k != "4.bias"}
     if kind == "gmn":  # any describable architecture is fine; a kernel larger than the grid is not
-        assert compatible(m, wider) == []
+        assert compatible(m, wider) == [] and len(predict(m, [wider, sds[0]])[0]) == 2
         big = dict(sds[0], **{"0.weight": torch.zeros(16, 1, 5, 5)})
         assert compatible(m, big) and "grid" in compatible(m, big)[0]
     else:

@@ -92,3 +92,12 @@ def test_inr_zoo_fits_digits(tmp_path):
 def test_bad_recipes(bad):
     with pytest.raises(MetanetError):
         ZooRecipe(**bad)
+
+
+def test_cli_writes_zoo_and_prints_summary(tmp_path, capsys):
+    from metanets.zoo.__main__ import main
+
+    main(["siren_digits", "--size", "2", "--seeds", "1", "--steps", "20", "--out", str(tmp_path)])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["members"] == 2 and sum(printed["labels"]["digit_counts"].values()) == 2
+    assert len(list((tmp_path / "members").glob("*.safetensors"))) == 2 and (tmp_path / "labels.json").exists()

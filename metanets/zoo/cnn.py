@@ -88,39 +88,43 @@ _logits = vmap(forward, in_dims=(0, None, 0, None))
 
 def _evaluate(theta, relu, x, y):
     """Accuracy and loss of every run on (x, y), per example: (runs, N) correctness and losses."""
-    logits = _logits(theta, x, relu, torch.ones(len(x), CHANNELS))
+    logits = _logits(theta, x, relu, torch.ones(len(x), CHANNELS, device=x.device))
     correct = (logits.argmax(-1) == y).float()
     loss = F.cross_entropy(logits.transpose(1, 2), y.expand(len(theta), -1), reduction="none")
     return correct, loss
 
 
-def train_runs(hps: list[dict], inits: torch.Tensor, epochs: list[int], seed: int, data_seed: int):
-    """Train the runs together; returns, for every epoch in ``epochs``, (thetas, labels per run).
+def train_runs(hps: list[dict], inits: torch.Tensor, epochs: list[int], seed: int, data_seed: int,
+               device: str = "cpu"):
+    """Train the runs together; returns, for every epoch in ``epochs``, (thetas on the CPU, labels per run).
 
     An epoch is the number of steps that covers the whole training pool once, whatever a run's train fraction.
-    A run whose parameters stop being finite is frozen at its last finite point (``diverged`` label).
+    A run whose parameters stop being finite is frozen at its last finite point (``diverged`` label). Random
+    numbers are drawn on the CPU, so a GPU run sees the same batches and dropout masks.
     """
-    x_pool, y_pool, x_test, y_test = digits(data_seed)
+    x_pool, y_pool, x_test, y_test = (t.to(device) for t in digits(data_seed))
     g = torch.Generator().manual_seed(seed)
     m, n_pool = len(hps), len(x_pool)
-    col = lambda key: torch.tensor([float(h[key]) for h in hps])  # noqa: E731
+    col = lambda key: torch.tensor([float(h[key]) for h in hps], device=device)  # noqa: E731
     lr, l2, rate = col("learning_rate"), col("l2"), col("dropout")
-    relu = torch.tensor([1.0 if h["activation"] == "relu" else 0.0 for h in hps])
-    opt = torch.tensor([OPTIMIZERS.index(h["optimizer"]) for h in hps])[:, None]
+    relu = torch.tensor([1.0 if h["activation"] == "relu" else 0.0 for h in hps], device=device)
+    opt = torch.tensor([OPTIMIZERS.index(h["optimizer"]) for h in hps], device=device)[:, None]
     n_train = torch.tensor([max(BATCH, int(h["train_fraction"] * n_pool)) for h in hps])
     subsets = torch.stack([torch.randperm(n_pool, generator=g) for _ in hps])  # first n_train[i] are run i's
     in_train = torch.zeros(m, n_pool)
     in_train.scatter_(1, subsets, (torch.arange(n_pool)[None] < n_train[:, None]).float())
-    theta, mom, sq = inits.clone(), torch.zeros_like(inits), torch.zeros_like(inits)
-    diverged = torch.zeros(m, dtype=torch.bool)
+    in_train, subsets_dev = in_train.to(device), subsets.to(device)
+    theta = inits.to(device)
+    mom, sq = torch.zeros_like(theta), torch.zeros_like(theta)
+    diverged = torch.zeros(m, dtype=torch.bool, device=device)
     steps_per_epoch, step, out = n_pool // BATCH, 0, []
     for epoch in range(epochs[-1] + 1):
         if epoch > 0:
             for _ in range(steps_per_epoch):
                 step += 1
                 pick = (torch.rand(m, BATCH, generator=g) * n_train[:, None]).long()
-                idx = subsets.gather(1, pick)
-                keep = (torch.rand(m, BATCH, CHANNELS, generator=g) >= rate[:, None, None]) / (1 - rate[:, None, None])
+                idx = subsets_dev.gather(1, pick.to(device))
+                keep = (torch.rand(m, BATCH, CHANNELS, generator=g).to(device) >= rate[:, None, None]) / (1 - rate[:, None, None])
                 gr = _grads(theta, x_pool[idx], y_pool[idx], relu, keep, l2)
                 mom = torch.where(opt == 0, 0.9 * mom + gr, torch.where(opt == 1, 0.9 * mom + 0.1 * gr, mom))
                 sq = torch.where(opt == 1, 0.999 * sq + 0.001 * gr ** 2, torch.where(opt == 2, 0.9 * sq + 0.1 * gr ** 2, sq))
@@ -140,5 +144,5 @@ def train_runs(hps: list[dict], inits: torch.Tensor, epochs: list[int], seed: in
                        "generalization_gap": float(train_acc[i] - test_acc[i]),
                        "test_loss": float(test_loss[i].mean()), "epoch": epoch, "diverged": bool(diverged[i])}
                       for i in range(m)]
-            out.append((epoch, theta.clone(), labels))
+            out.append((epoch, theta.cpu(), labels))
     return out

@@ -28,12 +28,16 @@ def _gen(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(_seed(*key))
 
 
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _cnn_chunk(recipe: ZooRecipe, k: int, units: range):
     hps = [cnn.sample_hyperparameters(_gen(recipe.seed, 1, i)) for i in units]
     inits = torch.stack([cnn.initial_weights(hp, _gen(recipe.seed, 2, i)) for hp, i in zip(hps, units)])
     items = []
     for epoch, thetas, labels in cnn.train_runs(hps, inits, recipe.checkpoints, seed=_seed(recipe.seed, 3, k),
-                                                data_seed=recipe.seed):
+                                                data_seed=recipe.seed, device=_device()):
         for i, hp, sd, lab in zip(units, hps, cnn.LAYOUT.state_dicts(thetas), labels):
             mid = f"cnn-r{i:05d}-e{epoch:03d}"
             meta = {"architecture": "small_cnn_digits", "hints": cnn.describe_hints(hp["activation"]),
@@ -46,7 +50,7 @@ def _inr_chunk(recipe: ZooRecipe, k: int, units: range):
     order, images, digits = digit_images(recipe.seed)
     pairs = [(i, s) for i in units for s in range(recipe.seeds)]
     inits = torch.stack([inr.initial_weights(_gen(recipe.seed, 4, i, s)) for i, s in pairs])
-    thetas, errors = inr.fit(inits, images[[i for i, _ in pairs]], recipe.steps)
+    thetas, errors = inr.fit(inits, images[[i for i, _ in pairs]], recipe.steps, device=_device())
     items = []
     for (i, s), sd, err in zip(pairs, inr.LAYOUT.state_dicts(thetas), errors):
         mid = f"inr-i{i:05d}-s{s}"
@@ -68,6 +72,7 @@ def generate_zoo(recipe: ZooRecipe, out_dir: str | Path, progress: Callable[[int
     """Generate (or finish) the zoo in ``out_dir``; ``progress(done_units, total_units)`` after each chunk.
 
     Units are CNN training runs or INR images. Chunks already on disk are reused, so a stopped run resumes.
+    Training runs on the GPU when there is one (then bytes match only between runs on the same kind of device).
     """
     if recipe.kind == "siren_digits" and recipe.size > len(digit_images(recipe.seed)[0]):
         raise MetanetError(f"siren_digits has {len(digit_images(recipe.seed)[0])} images, asked for {recipe.size}")

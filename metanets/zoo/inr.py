@@ -49,14 +49,15 @@ _grads = vmap(grad(_mse), in_dims=(0, None, 0))
 _errors = vmap(_mse, in_dims=(0, None, 0))
 
 
-def fit(inits: torch.Tensor, images: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit every row of ``inits`` to its image (Adam, full batch); returns (thetas, final MSE per INR)."""
-    coords, target = coordinates(images.shape[-1]), images.reshape(len(images), -1)
-    theta, m, v = inits.clone(), torch.zeros_like(inits), torch.zeros_like(inits)
+def fit(inits: torch.Tensor, images: torch.Tensor, steps: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit every row of ``inits`` to its image (Adam, full batch); returns (thetas, final MSE per INR) on the CPU."""
+    coords, target = coordinates(images.shape[-1]).to(device), images.reshape(len(images), -1).to(device)
+    theta = inits.to(device)
+    m, v = torch.zeros_like(theta), torch.zeros_like(theta)
     for t in range(1, steps + 1):
         gr = _grads(theta, coords, target)
         m = 0.9 * m + 0.1 * gr
         v = 0.999 * v + 0.001 * gr ** 2
         theta = theta - LR * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
     with torch.no_grad():
-        return theta, _errors(theta, coords, target)
+        return theta.cpu(), _errors(theta, coords, target).cpu()

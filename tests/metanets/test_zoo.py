@@ -87,6 +87,19 @@ def test_inr_zoo_fits_digits(tmp_path):
     assert not torch.equal(a["0.weight"], b["0.weight"]), "seeds differ"
 
 
+def test_inr_shared_initialisation(tmp_path):
+    """With shared_init, fit s of every image starts from the same weights (seen after a single step)."""
+    def first_layer(shared):
+        out = tmp_path / str(shared)
+        ms = generate_zoo(ZooRecipe("siren_digits", size=2, seed=0, seeds=2, steps=1, shared_init=shared), out)
+        return [load_member(out, m)["1.weight"] for m in ms]  # image 0 seeds 0, 1; image 1 seeds 0, 1
+
+    a0, a1, b0, _ = first_layer(True)
+    assert (a0 - b0).abs().max() < 1e-2 < (a0 - a1).abs().max()
+    c0, _, d0, _ = first_layer(False)
+    assert (c0 - d0).abs().max() > 1e-2
+
+
 @pytest.mark.parametrize("bad", [dict(kind="resnets", size=3), dict(kind="small_cnn_digits", size=0),
                                  dict(kind="small_cnn_digits", size=2, checkpoints=[3, 1])])
 def test_bad_recipes(bad):

@@ -13,6 +13,9 @@ _EXPORTS = {
     "RebuiltNetwork": "runnable", "capture_activations": "runnable", "rebuild": "runnable",
     "apply_symmetry": "symmetry", "random_symmetry": "symmetry",
     "UNFEntry": "unf_spec", "unf_spec": "unf_spec", "unf_tensors": "unf_spec",
+    "MetanetError": "errors", "ZooRecipe": "zoo", "ZooMember": "zoo", "generate_zoo": "zoo", "load_zoo": "zoo",
+    "load_member": "zoo", "TrainConfig": "training", "TrainedMetanet": "training", "train_metanet": "training",
+    "load_metanet": "training", "predict": "training", "compatible": "training", "group_split": "splits",
 }
 __all__ = sorted(_EXPORTS)
 

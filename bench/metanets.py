@@ -1,0 +1,194 @@
+"""Benchmark: StatNN, NFN (the ``nfn`` package, NP layers), GMN and UNF side by side on two zoos built here.
+
+Small-CNN digits zoo (predict test accuracy: Kendall tau, R^2) and SIREN digits INR zoo (classify the digit:
+accuracy), each metric as mean and std over metanet seeds, plus training time, inference checkpoints per second
+(end to end: featurisation included) and zoo generation throughput. Results are written after every model to
+``<out>/results.json`` so an interrupted run keeps what it finished. Recipe: the command-line defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)  # run as a script, this file's folder would shadow the metanets package
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from metanets import group_split, load_member, predict, train_metanet  # noqa: E402
+from metanets.training import classification_metrics, regression_metrics  # noqa: E402
+from metanets.zoo import ZooRecipe, generate_zoo  # noqa: E402
+from metanets.zoo.summary import label_summary  # noqa: E402
+
+
+# ---- NFN baseline (the nfn package's NPLinear / NPPool; bench only) ------------------------------------------------
+
+def _nfn_features(sds, stats):
+    """State dicts (ordered weight, bias, ...) -> nfn WeightSpaceFeatures, standardised per tensor."""
+    from nfn.common import WeightSpaceFeatures
+
+    keys = list(sds[0])
+    stacked = {k: (torch.stack([sd[k] for sd in sds]).float() - stats[k][0]) / stats[k][1] for k in keys}
+    return WeightSpaceFeatures([stacked[k][:, None] for k in keys[0::2]], [stacked[k][:, None] for k in keys[1::2]])
+
+
+class NFNModel(nn.Module):
+    """NFN_NP (io_embed): NPLinear -> ReLU -> NPLinear -> ReLU -> NPPool -> MLP."""
+
+    def __init__(self, spec, out_dim, channels=16, hidden=64):
+        super().__init__()
+        from nfn.layers import NPLinear, NPPool, TupleOp
+
+        self.body = nn.Sequential(NPLinear(spec, 1, channels, io_embed=True), TupleOp(nn.ReLU()),
+                                  NPLinear(spec, channels, channels, io_embed=True), TupleOp(nn.ReLU()), NPPool(spec))
+        n = NPPool.get_num_outs(spec) * channels
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, ws):
+        return self.head(self.body(ws))
+
+
+def train_nfn(sds, labels, target, groups, hp, seed):
+    """The same split, label scaling, optimiser and early stopping as ``train_metanet``, for the NFN model."""
+    from nfn.common import network_spec_from_wsfeat
+
+    torch.manual_seed(seed)
+    tr, va, te = group_split(groups, hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15), seed)
+    stats = {}
+    for k in sds[0]:
+        v = torch.stack([sds[i][k] for i in tr]).double()
+        stats[k] = (float(v.mean()), float(v.std().clamp_min(1e-8)))
+    if target == "regression":
+        y = torch.tensor(labels, dtype=torch.float32)
+        mu, sd = float(y[tr].mean()), float(y[tr].std())
+        yt, out_dim = (y - mu) / sd, 1
+        loss_fn = lambda o, t: ((o[:, 0] - t) ** 2).mean()  # noqa: E731
+    else:
+        classes = sorted(set(labels))
+        yt, out_dim = torch.tensor([classes.index(v) for v in labels]), len(classes)
+        loss_fn = nn.functional.cross_entropy
+    spec = network_spec_from_wsfeat(_nfn_features(sds[:1], stats))
+    model = NFNModel(spec, out_dim, hidden=hp.get("hidden", 64))
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.get("lr", 1e-3), weight_decay=hp.get("weight_decay", 1e-5))
+    feats = lambda idx: _nfn_features([sds[i] for i in idx], stats)  # noqa: E731
+    g, best, best_loss, bad, start = torch.Generator().manual_seed(seed), None, float("inf"), 0, time.time()
+    for _ in range(hp.get("epochs", 100)):
+        model.train()
+        order = torch.tensor(tr)[torch.randperm(len(tr), generator=g)].tolist()
+        for a in range(0, len(order), hp.get("batch_size", 32)):
+            idx = order[a:a + hp.get("batch_size", 32)]
+            loss = loss_fn(model(feats(idx)), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            val = float(loss_fn(model(feats(va)), yt[va]))
+        if val < best_loss - 1e-6:
+            best, best_loss, bad = {k: v.clone() for k, v in model.state_dict().items()}, val, 0
+        else:
+            bad += 1
+            if bad >= hp.get("patience", 15):
+                break
+    model.load_state_dict(best)
+    train_seconds = time.time() - start
+    model.eval()
+    t0 = time.time()
+    with torch.no_grad():
+        out = model(feats(te))
+    infer = len(te) / (time.time() - t0)
+    if target == "regression":
+        m = regression_metrics(out[:, 0].double() * sd + mu, torch.tensor([labels[i] for i in te]).double())
+    else:
+        m = classification_metrics(out.argmax(1), yt[te])
+    return m, train_seconds, infer
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+
+def run_ours(kind, sds, labels, target, groups, hp, seed):
+    m = train_metanet(kind, sds, labels, target, groups, hp, seed=seed)
+    test_idx = group_split(groups, hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15), seed)[2]
+    t0 = time.time()
+    predict(m, [sds[i] for i in test_idx])
+    return m.metrics["test"], m.metrics["train_seconds"], len(test_idx) / (time.time() - t0)
+
+
+def _zoo(recipe, out, workers):
+    t0 = time.time()
+    members = generate_zoo(recipe, out, workers=workers)
+    seconds = time.time() - t0
+    return members, [load_member(out, m) for m in members], seconds
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--cnn-runs", type=int, default=286, help="x 7 checkpoints = 2,002 CNN checkpoints")
+    p.add_argument("--inr-images", type=int, default=334, help="x 3 seeds = 1,002 INRs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--models", nargs="+", default=["statnn", "nfn", "unf", "gmn"])
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="zoo generation processes")
+    p.add_argument("--out", default="bench/out/metanets")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": 4, "weight_decay": 0.01,
+          "val_fraction": 0.15, "test_fraction": 0.15}
+    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                           "torch_threads": a.threads, "cuda": torch.cuda.is_available(),
+                           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+               "args": vars(a), "hyperparameters": hp, "zoos": {}, "runs": []}
+    save = lambda: (out / "results.json").write_text(json.dumps(results, indent=1))  # noqa: E731
+    tasks = {}
+    for name, recipe, label, target in (
+            ("cnn", ZooRecipe("small_cnn_digits", a.cnn_runs, seed=0), "test_accuracy", "regression"),
+            ("inr", ZooRecipe("siren_digits", a.inr_images, seed=0), "digit", "classification")):
+        members, sds, seconds = _zoo(recipe, out / f"zoo_{name}", a.workers)
+        results["zoos"][name] = {"recipe": recipe.to_json(), "members": len(members), "seconds": seconds,
+                                 "models_per_second": len(members) / seconds, "labels": label_summary(members)}
+        save()
+        print(name, "zoo", len(members), f"{seconds:.1f}s", flush=True)
+        tasks[name] = (sds, [m.labels[label] for m in members], target, [m.run for m in members])
+    for seed in a.seeds:
+        for name, (sds, labels, target, groups) in tasks.items():
+            for kind in a.models:
+                if kind == "nfn":
+                    metrics, train_s, infer = train_nfn(sds, labels, target, groups, hp, seed)
+                else:
+                    metrics, train_s, infer = run_ours(kind, sds, labels, target, groups, hp, seed)
+                results["runs"].append({"task": name, "model": kind, "seed": seed, "test": metrics,
+                                        "train_seconds": train_s, "inference_checkpoints_per_second": infer})
+                save()
+                print(name, kind, seed, metrics, f"train {train_s:.0f}s infer {infer:.0f}/s", flush=True)
+    results["summary"] = summarise(results["runs"])
+    save()
+    print(json.dumps(results["summary"], indent=1))
+
+
+def summarise(runs):
+    out = {}
+    for r in runs:
+        key = f"{r['task']}/{r['model']}"
+        metric = "kendall_tau" if r["task"] == "cnn" else "accuracy"
+        out.setdefault(key, {"metric": metric, "values": [], "train_seconds": [], "inference_per_second": []})
+        out[key]["values"].append(r["test"][metric])
+        out[key]["train_seconds"].append(r["train_seconds"])
+        out[key]["inference_per_second"].append(r["inference_checkpoints_per_second"])
+    for v in out.values():
+        v["mean"] = statistics.mean(v["values"])
+        v["std"] = statistics.stdev(v["values"]) if len(v["values"]) > 1 else 0.0
+    return out
+
+
+if __name__ == "__main__":
+    main()

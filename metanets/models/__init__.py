@@ -1,0 +1,1 @@
+"""Metanetworks: GMN (parameter-graph message passing), UNF (spec-generated equivariant layers), StatNN."""

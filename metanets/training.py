@@ -1,0 +1,362 @@
+"""Fit, evaluate and apply metanetworks (GMN, UNF, StatNN) on a list of checkpoints with labels.
+
+``train_metanet`` splits by group (training run), standardises weights per tensor / role on the training split,
+trains with early stopping on validation loss and reports held-out metrics: Kendall tau and R^2 for
+regression, accuracy for classification. Everything needed to reload lives in ``.config`` (JSON) and ``.state_dict()``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .errors import MetanetError
+from .splits import group_split
+from .weightspace import Describer, Standardizer, float_keys, signature
+
+KINDS, TARGETS = ("gmn", "unf", "statnn"), ("regression", "classification")
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters (the API's ``hyperparameters`` dict); model sizes are per kind where noted."""
+
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    patience: int = 15
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    hidden: int = 64  # GMN width, UNF/StatNN head width
+    layers: int = 3  # GMN blocks, UNF equivariant layers, StatNN hidden layers
+    channels: int = 8  # UNF channels
+    max_terms: int = 4000  # UNF basis guard (terms over all layers)
+    grid: tuple[int, int, int] = (1, 3, 3)  # GMN kernel box (vector-mode graph)
+    hints: dict | None = None  # passed to ``describe``
+
+    @classmethod
+    def parse(cls, hp: dict | None) -> TrainConfig:
+        hp = dict(hp or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(hp) - known)
+        if unknown:
+            raise MetanetError(f"unknown hyperparameters {unknown} (known: {sorted(known)})")
+        cfg = cls(**hp)
+        cfg.grid = tuple(cfg.grid)
+        for name in ("epochs", "batch_size", "hidden", "layers", "channels"):
+            v = getattr(cfg, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise MetanetError(f"hyperparameter {name!r} must be a positive integer, got {v!r}")
+        if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
+            raise MetanetError(f"hyperparameter 'lr' must be positive, got {cfg.lr!r}")
+        return cfg
+
+
+@dataclass
+class TrainedMetanet:
+    """A trained (or reloaded) metanetwork: module, JSON config (everything but weights) and held-out metrics."""
+
+    model: nn.Module
+    config: dict
+    metrics: dict
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+
+# ---- featurisation: checkpoints -> model inputs ------------------------------------------------------------------
+
+class _Features:
+    """Model inputs for a list of checkpoints, batched by index; built from a config so prediction matches training."""
+
+    def __init__(self, config: dict, checkpoints: list[dict[str, torch.Tensor]], describer: Describer | None = None):
+        kind = config["kind"]
+        self.kind = kind
+        if kind == "statnn":
+            from .models.statnn import tensor_statistics
+
+            self.x = torch.stack([tensor_statistics(sd, config["keys"]) for sd in checkpoints]).float()
+            return
+        describer = describer or Describer(config["train"].get("hints"))
+        std = Standardizer(**config["standardizer"])
+        if kind == "unf":
+            from .unf_spec import unf_tensors
+
+            desc = describer(checkpoints[0])
+            spec = _spec_entries(config["entries"])
+            views = [unf_tensors(spec, std(desc, sd)) for sd in checkpoints]
+            self.x = {e.key: torch.stack([v[e.key] for v in views]).float() for e in spec}
+        else:
+            from .graph.build import to_graph
+
+            grid = tuple(config["train"]["grid"])
+            self.graphs = []
+            for sd in checkpoints:
+                desc = describer(sd)
+                g = to_graph(desc, std(desc, sd), mode="vector", grid=grid)
+                g.edge_attr = g.edge_attr.float()
+                del g.int_buffers, g.float_buffers, g.mode, g.grid
+                self.graphs.append(g)
+
+    def batch(self, idx: list[int], device):
+        if self.kind == "gmn":
+            from torch_geometric.data import Batch
+
+            return Batch.from_data_list([self.graphs[i] for i in idx]).to(device)
+        if self.kind == "unf":
+            return {k: v[idx].to(device) for k, v in self.x.items()}
+        return self.x[idx].to(device)
+
+
+def _spec_entries(entries: list[dict]):
+    from .unf_spec import UNFEntry
+
+    return [UNFEntry(e["key"], e["tensor"], [tuple(s) for s in e["slices"]], e["shape"], e["symbols"]) for e in entries]
+
+
+def _build_model(config: dict) -> nn.Module:
+    t, out_dim = config["train"], config["out_dim"]
+    if config["kind"] == "statnn":
+        from .models.statnn import StatNN
+
+        return StatNN(7 * len(config["keys"]), out_dim, hidden=t["hidden"], layers=t["layers"])
+    if config["kind"] == "unf":
+        from .models.unf import UNF
+
+        return UNF(config["entries"], out_dim, channels=t["channels"], layers=t["layers"], hidden=t["hidden"],
+                   max_terms=t["max_terms"])
+    from .models.gmn import GMN
+
+    return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"])
+
+
+def _forward(model, x):
+    out = model(x)
+    return out[0], out[1]
+
+
+# ---- validation of the inputs ------------------------------------------------------------------------------------
+
+def _check_inputs(kind, checkpoints, labels, target, groups):
+    if kind not in KINDS:
+        raise MetanetError(f"unknown metanet kind {kind!r} (known: {list(KINDS)})")
+    if target not in TARGETS:
+        raise MetanetError(f"unknown target {target!r} (known: {list(TARGETS)})")
+    if not checkpoints:
+        raise MetanetError("the zoo is empty: no checkpoints to train on")
+    if len(labels) != len(checkpoints) or len(groups) != len(checkpoints):
+        raise MetanetError(f"{len(checkpoints)} checkpoints but {len(labels)} labels and {len(groups)} groups")
+    for i, (sd, y) in enumerate(zip(checkpoints, labels)):
+        if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise MetanetError(f"checkpoint {i} is not a non-empty state dict of tensors")
+        if y is None or (isinstance(y, float) and math.isnan(y)):
+            raise MetanetError(f"checkpoint {i} has no label")
+        if target == "regression" and (isinstance(y, bool) or not isinstance(y, (int, float))):
+            raise MetanetError(f"regression needs numeric labels; checkpoint {i} has {y!r}")
+        bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise MetanetError(f"checkpoint {i} has non-finite values in {bad[:3]}")
+    if kind in ("unf", "statnn"):
+        sigs = {}
+        for i, sd in enumerate(checkpoints):
+            sigs.setdefault(signature(sd), i)
+        if len(sigs) > 1:
+            a, b = list(sigs.values())[:2]
+            raise MetanetError(f"{kind} needs one architecture, the zoo mixes {len(sigs)} (checkpoints {a} and {b} "
+                               f"differ in tensor names or shapes); use gmn for mixed architectures")
+
+
+# ---- metrics -----------------------------------------------------------------------------------------------------
+
+def regression_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict:
+    from scipy.stats import kendalltau
+
+    p, t = pred.double().cpu(), true.double().cpu()
+    ss_tot = ((t - t.mean()) ** 2).sum()
+    r2 = float(1 - ((t - p) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan")
+    tau = kendalltau(p.numpy(), t.numpy()).statistic if len(t) > 1 else float("nan")
+    return {"kendall_tau": float(tau), "r2": r2, "n": len(t)}
+
+
+def classification_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict:
+    return {"accuracy": float((pred.cpu() == true.cpu()).double().mean()), "n": len(true)}
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+
+def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels: list, target: str,
+                  groups: list[str], hyperparameters: dict | None = None,
+                  progress: Callable[[dict], None] | None = None, seed: int = 0) -> TrainedMetanet:
+    """Train a ``kind`` metanetwork to predict ``labels`` from ``checkpoints``; splits keep ``groups`` together.
+
+    ``progress`` receives a dict per epoch (epoch, train_loss, val_loss). Raises ``MetanetError`` on bad input.
+    """
+    _check_inputs(kind, checkpoints, labels, target, groups)
+    cfg = TrainConfig.parse(hyperparameters)
+    torch.manual_seed(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train_idx, val_idx, test_idx = group_split(groups, cfg.val_fraction, cfg.test_fraction, seed)
+    config = {"kind": kind, "target": target, "seed": seed, "train": asdict(cfg)}
+    if target == "regression":
+        y = torch.tensor([float(v) for v in labels])
+        mean, std = float(y[train_idx].mean()), float(y[train_idx].std(unbiased=False).clamp_min(1e-8))
+        config.update(out_dim=1, label_mean=mean, label_std=std)
+        y_model = (y - mean) / std
+        loss_fn = lambda out, t: ((out[:, 0] - t) ** 2).mean()  # noqa: E731
+    else:
+        classes = sorted({v for v in labels}, key=lambda v: (str(type(v)), v))
+        if len(classes) < 2:
+            raise MetanetError(f"classification needs at least 2 classes, got {classes}")
+        config.update(out_dim=len(classes), classes=classes)
+        y_model = torch.tensor([classes.index(v) for v in labels])
+        loss_fn = nn.functional.cross_entropy
+
+    describer = Describer(cfg.hints)
+    if kind == "statnn":
+        config["keys"] = float_keys(checkpoints[0])
+        config["shapes"] = {k: list(checkpoints[0][k].shape) for k in config["keys"]}
+    else:
+        descs = [describer(sd, f"checkpoint {i}") for i, sd in enumerate(checkpoints)]
+        config["standardizer"] = Standardizer.fit([descs[i] for i in train_idx],
+                                                  [checkpoints[i] for i in train_idx]).to_json()
+        if kind == "unf":
+            from .unf_spec import unf_spec
+
+            config["entries"] = [asdict(e) for e in unf_spec(descs[0])]
+            config["architecture"] = descs[0].to_json()
+        else:
+            from .graph.build import kernel_grid
+
+            for i, d in enumerate(descs):
+                try:
+                    kernel_grid(d, cfg.grid)
+                except ValueError as exc:
+                    raise MetanetError(f"checkpoint {i}: {exc}; raise hyperparameter 'grid'") from exc
+    feats = _Features(config, checkpoints, describer)
+    model = _build_model(config)
+    if kind == "statnn":
+        xs = feats.x[train_idx]
+        model.mean.copy_(xs.mean(0))
+        model.std.copy_(xs.std(0, unbiased=False).clamp_min(1e-6))
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(seed)
+
+    def evaluate(idx):
+        model.eval()
+        outs = []
+        with torch.no_grad():
+            for a in range(0, len(idx), 256):
+                outs.append(_forward(model, feats.batch(idx[a:a + 256], device))[0])
+        out = torch.cat(outs)
+        return out, float(loss_fn(out, y_model[idx].to(device)))
+
+    best, best_loss, bad_epochs, start, history = None, math.inf, 0, time.time(), []
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.tensor(train_idx)[torch.randperm(len(train_idx), generator=g)].tolist()
+        total = 0.0
+        for a in range(0, len(order), cfg.batch_size):
+            idx = order[a:a + cfg.batch_size]
+            out, _ = _forward(model, feats.batch(idx, device))
+            loss = loss_fn(out, y_model[idx].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        _, val_loss = evaluate(val_idx)
+        history.append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss})
+        if progress:
+            progress(history[-1])
+        if val_loss < best_loss - 1e-6:
+            best, best_loss, bad_epochs = copy.deepcopy(model.state_dict()), val_loss, 0
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                break
+    model.load_state_dict(best)
+    metrics = {"train_seconds": time.time() - start, "epochs": len(history), "best_val_loss": best_loss,
+               "split_sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}}
+    for name, idx in (("validation", val_idx), ("test", test_idx)):
+        out, _ = evaluate(idx)
+        pred = _decode(config, out)
+        true = torch.tensor([float(labels[i]) for i in idx]) if target == "regression" else y_model[idx]
+        metrics[name] = (regression_metrics(pred, true) if target == "regression"
+                         else classification_metrics(out.argmax(1).cpu(), true))
+    model.cpu()
+    return TrainedMetanet(model, config, metrics)
+
+
+def _decode(config: dict, out: torch.Tensor) -> torch.Tensor:
+    """Model outputs to label units (regression) or class indices (classification)."""
+    if config["target"] == "regression":
+        return out[:, 0].cpu().double() * config["label_std"] + config["label_mean"]
+    return out.argmax(1).cpu()
+
+
+def load_metanet(config: dict, state_dict: dict[str, torch.Tensor]) -> TrainedMetanet:
+    """Rebuild a trained metanetwork from its JSON config and weights."""
+    model = _build_model(config)
+    model.load_state_dict(state_dict)
+    return TrainedMetanet(model.eval(), config, {})
+
+
+def compatible(metanet: TrainedMetanet, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Problems that stop ``metanet`` from taking this checkpoint (empty list: it can)."""
+    cfg = metanet.config
+    problems = [f"tensor {k!r} has non-finite values" for k, v in state_dict.items()
+                if v.is_floating_point() and not torch.isfinite(v).all()]
+    if cfg["kind"] in ("statnn", "unf"):
+        if cfg["kind"] == "statnn":
+            want = cfg["shapes"]
+        else:
+            want = {e["tensor"]: t["shape"] for e in cfg["entries"] for t in cfg["architecture"]["tensors"]
+                    if t["name"] == e["tensor"]}
+        for k, shape in want.items():
+            if k not in state_dict:
+                problems.append(f"tensor {k!r} is missing (the {cfg['kind']} metanet was trained on another architecture)")
+            elif list(state_dict[k].shape) != list(shape):
+                problems.append(f"tensor {k!r} has shape {list(state_dict[k].shape)}, the metanet expects {shape}")
+        extra = [k for k in state_dict if k not in want and state_dict[k].is_floating_point()
+                 and (cfg["kind"] == "unf" or state_dict[k].numel() > 1)]
+        if cfg["kind"] == "unf":
+            extra = [k for k in extra if k not in {t["name"] for t in cfg["architecture"]["tensors"]}]
+        problems += [f"tensor {k!r} is not part of the architecture the metanet was trained on" for k in extra]
+        return problems
+    try:
+        from .graph.build import kernel_grid
+
+        desc = Describer(cfg["train"].get("hints"))(state_dict)
+        kernel_grid(desc, tuple(cfg["train"]["grid"]))
+    except ValueError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def predict(metanet: TrainedMetanet, checkpoints: list[dict[str, torch.Tensor]], batch_size: int = 256):
+    """(predictions, embeddings): label values (regression floats or class labels) and readout embeddings."""
+    if not checkpoints:
+        raise MetanetError("no checkpoints to predict")
+    for i, sd in enumerate(checkpoints):
+        problems = compatible(metanet, sd)
+        if problems:
+            raise MetanetError(f"checkpoint {i}: " + "; ".join(problems))
+    feats = _Features(metanet.config, checkpoints)
+    model = metanet.model.eval()
+    device = next(model.parameters()).device
+    outs, embs = [], []
+    with torch.no_grad():
+        for a in range(0, len(checkpoints), batch_size):
+            out, emb = _forward(model, feats.batch(list(range(a, min(a + batch_size, len(checkpoints)))), device))
+            outs.append(out)
+            embs.append(emb.cpu())
+    out = torch.cat(outs)
+    if metanet.config["target"] == "regression":
+        return _decode(metanet.config, out).tolist(), torch.cat(embs)
+    return [metanet.config["classes"][i] for i in _decode(metanet.config, out).tolist()], torch.cat(embs)

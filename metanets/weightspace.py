@@ -1,0 +1,81 @@
+"""Shared preprocessing of checkpoints: architecture signatures, cached descriptions, per-role standardisation."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from .architecture import ArchitectureError, describe
+from .architecture.description import ArchitectureDescription
+from .errors import MetanetError
+
+
+def signature(state_dict: dict[str, torch.Tensor]) -> tuple:
+    """Keys, shapes and float-ness in order: equal signatures mean the same architecture for UNF and StatNN."""
+    return tuple((k, tuple(v.shape), v.is_floating_point()) for k, v in state_dict.items())
+
+
+def float_keys(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state_dict.items() if v.is_floating_point() and v.numel() > 1
+            and not k.endswith(("running_mean", "running_var"))]
+
+
+class Describer:
+    """``describe`` once per distinct signature (a zoo has one or a few architectures)."""
+
+    def __init__(self, hints: dict | None = None):
+        self.hints, self.cache = hints, {}
+
+    def __call__(self, state_dict: dict[str, torch.Tensor], where: str = "checkpoint") -> ArchitectureDescription:
+        sig = signature(state_dict)
+        if sig not in self.cache:
+            try:
+                self.cache[sig] = describe(state_dict, self.hints)
+            except ArchitectureError as exc:
+                raise MetanetError(f"{where}: {exc}") from exc
+        return self.cache[sig]
+
+
+def role(desc: ArchitectureDescription, key: str) -> str:
+    t = desc.tensors[key]
+    return f"{desc.op(t.op).kind}.{t.role}"
+
+
+class Standardizer:
+    """(x - mean) / std per tensor name, fitted on training checkpoints; unseen names use their role's statistics."""
+
+    def __init__(self, by_name: dict[str, list[float]] | None = None, by_role: dict[str, list[float]] | None = None):
+        self.by_name, self.by_role = by_name or {}, by_role or {}
+
+    @classmethod
+    def fit(cls, descs: list[ArchitectureDescription], state_dicts: list[dict[str, torch.Tensor]]) -> Standardizer:
+        names: dict[str, list[torch.Tensor]] = {}
+        roles: dict[str, list[torch.Tensor]] = {}
+        for desc, sd in zip(descs, state_dicts):
+            for k, t in desc.tensors.items():
+                if t.is_edge:
+                    v = sd[k].double().reshape(-1)
+                    names.setdefault(k, []).append(v)
+                    roles.setdefault(role(desc, k), []).append(v)
+
+        def stats(groups):
+            out = {}
+            for k, vs in groups.items():
+                v = torch.cat(vs)
+                out[k] = [float(v.mean()), float(v.std(unbiased=False).clamp_min(1e-8))]
+            return out
+
+        return cls(stats(names), stats(roles))
+
+    def __call__(self, desc: ArchitectureDescription, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = dict(state_dict)
+        for k, t in desc.tensors.items():
+            if not t.is_edge:
+                continue
+            mean, std = self.by_name.get(k) or self.by_role.get(role(desc, k)) or (0.0, 1.0)
+            out[k] = (state_dict[k].double() - mean) / std
+            out[k] = out[k].to(state_dict[k].dtype)
+        return out
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps({"by_name": self.by_name, "by_role": self.by_role}))

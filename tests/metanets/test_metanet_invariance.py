@@ -1,0 +1,115 @@
+"""GMN and UNF outputs are invariant (GMN per-edge head equivariant) under random hidden permutations of the input
+checkpoint, in float64, and change under permutations that are not symmetries: input features, output classes,
+kernel positions."""
+from dataclasses import asdict
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch_geometric.data import Batch
+
+from metanets import apply_symmetry, describe, graph_to_state_dict, random_symmetry, to_graph, unf_spec, unf_tensors
+from metanets.models.gmn import GMN
+from metanets.models.unf import UNF
+from metanets.zoo import cnn
+
+from .models import case
+
+GRID = (1, 3, 3)
+
+
+def _cnn_checkpoint(seed=0):
+    torch.manual_seed(seed)
+    sd = {k: v.double() for k, v in cnn.small_cnn("relu").state_dict().items()}
+    return describe(sd, cnn.describe_hints("relu")), sd
+
+
+def _mlp_checkpoint():
+    c = case("mlp")
+    sd = {k: v.double() for k, v in c.model.state_dict().items()}
+    return describe(sd, c.hints), sd
+
+
+CHECKPOINTS = {"cnn": _cnn_checkpoint, "mlp": _mlp_checkpoint}
+
+
+def _gmn():
+    torch.manual_seed(1)
+    return GMN(out_dim=3, edge_width=9, d=16, layers=2).double().eval()
+
+
+def _unf(desc):
+    torch.manual_seed(2)
+    return UNF([asdict(e) for e in unf_spec(desc)], out_dim=3, channels=4, layers=2, hidden=16).double().eval()
+
+
+def _gmn_run(model, desc, sd):
+    data = to_graph(desc, sd, mode="vector", grid=GRID)
+    with torch.no_grad():
+        out, emb, edges = model(Batch.from_data_list([data]))
+    data.edge_attr = edges
+    return out, graph_to_state_dict(desc, data)
+
+
+def _unf_run(model, desc, sd):
+    views = unf_tensors(unf_spec(desc), sd)
+    with torch.no_grad():
+        return model({k: v[None] for k, v in views.items()})[0]
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return {name: (make(), _gmn()) for name, make in CHECKPOINTS.items()}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINTS))
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1))
+def test_gmn_invariant_and_edge_head_equivariant(nets, name, seed):
+    (desc, sd), model = nets[name]
+    perms = random_symmetry(desc, torch.Generator().manual_seed(seed))
+    permuted = apply_symmetry(desc, sd, perms)
+    assert any(not torch.equal(permuted[k], sd[k]) for k in sd), "the symmetry must move something"
+    out, edges = _gmn_run(model, desc, sd)
+    out_p, edges_p = _gmn_run(model, desc, permuted)
+    torch.testing.assert_close(out_p, out, rtol=1e-9, atol=1e-9)
+    expected = apply_symmetry(desc, edges, perms)
+    for k in edges:
+        torch.testing.assert_close(edges_p[k], expected[k], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINTS))
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1))
+def test_unf_invariant(nets, name, seed):
+    (desc, sd), _ = nets[name]
+    model = _unf(desc)
+    permuted = apply_symmetry(desc, sd, random_symmetry(desc, torch.Generator().manual_seed(seed)))
+    torch.testing.assert_close(_unf_run(model, desc, permuted), _unf_run(model, desc, sd), rtol=1e-9, atol=1e-9)
+
+
+def _not_symmetries(name, sd):
+    """Permutations that change the function: input features, output classes, kernel positions."""
+    out = {}
+    last = "4" if name == "mlp" else "8"
+    classes = torch.tensor([1, 0, *range(2, sd[f"{last}.weight"].shape[0])])
+    out["output classes"] = {**sd, f"{last}.weight": sd[f"{last}.weight"][classes], f"{last}.bias": sd[f"{last}.bias"][classes]}
+    if name == "mlp":
+        out["input features"] = {**sd, "0.weight": sd["0.weight"][:, torch.tensor([1, 0, 2, 3, 4])]}
+    else:
+        out["kernel positions"] = {**sd, "2.weight": sd["2.weight"].flip(-1)}
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINTS))
+def test_outputs_change_under_non_symmetries(nets, name):
+    """A change far above the rounding noise of a true symmetry (untrained nets react weakly, but they react)."""
+    (desc, sd), gmn = nets[name]
+    unf = _unf(desc)
+    symmetric = apply_symmetry(desc, sd, random_symmetry(desc, torch.Generator().manual_seed(0)))
+    for net, run in ((gmn, lambda m, s: _gmn_run(m, desc, s)[0]), (unf, lambda m, s: _unf_run(m, desc, s))):
+        base = run(net, sd)
+        noise = (run(net, symmetric) - base).abs().max()
+        for what, changed in _not_symmetries(name, sd).items():
+            change = (run(net, changed) - base).abs().max()
+            assert change > 1e4 * noise + 1e-11, f"{type(net).__name__} blind to {what}: {change} vs noise {noise}"

@@ -15,10 +15,11 @@ from . import problems
 from .auth import KeyRegistry, require_key
 from .jobs.executor import EmbeddedExecutor, NoExecutor
 from .observability import RequestContext, configure_logging
-from .routers import architecture, checkpoints, health, jobs, runs
+from .routers import architecture, checkpoints, health, jobs, runs, zoos
 from .runs import DetectorCache, RunEvents, WarningPages
 from .services import Services
 from .settings import Settings
+from .zoos import LoadedMetanets
 
 log = logging.getLogger("weightscope")
 
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.detector_cache = DetectorCache()
         app.state.run_events = RunEvents()
         app.state.warning_pages = WarningPages()
+        app.state.metanets = LoadedMetanets()
         executor = EmbeddedExecutor(settings, settings.workers) if settings.workers > 0 else NoExecutor()
         executor.start()
         app.state.executor = executor
@@ -88,6 +90,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
-    for router in (checkpoints.router, architecture.router, jobs.router, runs.router):
+    for router in (checkpoints.router, architecture.router, jobs.router, runs.router, zoos.router):
         app.include_router(router, dependencies=[Depends(require_key)])
     return app

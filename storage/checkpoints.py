@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from .models import Checkpoint, CheckpointFile, CheckpointTag, GraphBlob, Job, TensorRecord
+from .models import Checkpoint, CheckpointFile, CheckpointTag, GraphBlob, Job, TensorRecord, ZooMember
 
 
 class InvalidCursor(ValueError):
@@ -86,7 +86,7 @@ def list_page(
 
 def remove(session: Session, checkpoint_id: str) -> bool:
     """Delete the rows (files, tensors, tags and jobs cascade); blobs are reclaimed by garbage collection."""
-    for model in (CheckpointTag, CheckpointFile, TensorRecord, Job, GraphBlob):
+    for model in (CheckpointTag, CheckpointFile, TensorRecord, Job, GraphBlob, ZooMember):
         session.execute(delete(model).where(model.checkpoint_id == checkpoint_id))
     return session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id)).rowcount > 0
 

@@ -9,7 +9,7 @@ from sqlalchemy import select, union
 from sqlalchemy.orm import Session, sessionmaker
 
 from .blobs import LocalBlobStore
-from .models import Checkpoint, CheckpointFile, GraphBlob
+from .models import Checkpoint, CheckpointFile, GraphBlob, Metanet
 
 
 @dataclass
@@ -20,7 +20,10 @@ class GcReport:
 
 def referenced_digests(session: Session) -> set[str]:
     """Every digest some row points to. New tables that own blobs add their column here."""
-    query = union(select(CheckpointFile.sha256), select(Checkpoint.canonical_sha256), select(GraphBlob.sha256))
+    query = union(
+        select(CheckpointFile.sha256), select(Checkpoint.canonical_sha256), select(GraphBlob.sha256),
+        select(Metanet.weights_sha256).where(Metanet.weights_sha256.is_not(None)),
+    )
     return set(session.scalars(query))
 
 

@@ -223,3 +223,47 @@ class RunWarning(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("run_id", "key"), Index("ix_run_warnings_cursor", "run_id", "seq"))
+
+
+class Zoo(Base):
+    """A named set of checkpoints with labels: given from stored checkpoints, or generated from a recipe by a job."""
+
+    __tablename__ = "zoos"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # generating | ready | failed
+    recipe: Mapped[dict | None] = mapped_column()
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    summary: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ZooMember(Base):
+    __tablename__ = "zoo_members"
+
+    zoo_id: Mapped[str] = mapped_column(ForeignKey("zoos.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True)
+    group: Mapped[str] = mapped_column(String(255))  # all checkpoints of one training run share a split side
+    labels: Mapped[dict] = mapped_column()
+
+
+class Metanet(Base):
+    """A metanetwork trained on a zoo; its weights are a safetensors blob."""
+
+    __tablename__ = "metanets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str | None] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    zoo_id: Mapped[str] = mapped_column(ForeignKey("zoos.id", ondelete="CASCADE"), index=True)
+    target: Mapped[str] = mapped_column(String(255))
+    task: Mapped[str] = mapped_column(String(16))
+    hyperparameters: Mapped[dict] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16))  # training | ready | failed
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    weights_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    config: Mapped[dict | None] = mapped_column()
+    metrics: Mapped[dict | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

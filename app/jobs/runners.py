@@ -1,7 +1,8 @@
-"""What each analysis kind runs, in a worker: canonical safetensors path, parameters, progress -> JSON result."""
+"""What each job kind runs in a worker: a JobContext in, a JSON-serialisable result out."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -9,10 +10,33 @@ import torch
 from safetensors import safe_open
 
 from metanets import spectra
+from storage import checkpoints
 
+from ..services import Services
 from .kinds import WeightSpectraParams
 
 Progress = Callable[[float], None]
+
+
+@dataclass
+class JobContext:
+    services: Services
+    job_id: str
+    params: dict
+    checkpoint_id: str | None
+    progress: Progress
+
+    def checkpoint_path(self, checkpoint_id: str | None = None) -> Path:
+        """The canonical safetensors blob of the job's (or the given) checkpoint."""
+        checkpoint_id = checkpoint_id or self.checkpoint_id
+        with self.services.sessions() as session:
+            checkpoint = checkpoints.get(session, checkpoint_id) if checkpoint_id else None
+        if checkpoint is None:
+            raise LookupError(f"checkpoint {checkpoint_id!r} no longer exists")
+        path = self.services.blobs.path(checkpoint.canonical_sha256)
+        if not path.is_file():
+            raise FileNotFoundError(f"the blob {checkpoint.canonical_sha256} of checkpoint {checkpoint_id!r} is missing from the store")
+        return path
 
 
 class StoredTensors:
@@ -32,12 +56,26 @@ class StoredTensors:
                 yield name, f.get_tensor(name)
 
 
-def weight_spectra(path: Path, params: dict, progress: Progress) -> dict:
-    p = WeightSpectraParams.model_validate(params)
-    layers = spectra.weight_spectra(StoredTensors(path), min_evals=p.min_evals, progress=progress)
+def weight_spectra(ctx: JobContext) -> dict:
+    p = WeightSpectraParams.model_validate(ctx.params)
+    layers = spectra.weight_spectra(StoredTensors(ctx.checkpoint_path()), min_evals=p.min_evals, progress=ctx.progress)
     return {"version": spectra.ANALYSIS_VERSION, "summary": spectra.summary(layers), "layers": layers}
 
 
-RUNNERS: dict[str, Callable[[Path, dict, Progress], dict]] = {
+def _zoo_generate(ctx: JobContext) -> dict:
+    from ..zoos import generate
+
+    return generate(ctx)
+
+
+def _metanet_train(ctx: JobContext) -> dict:
+    from ..zoos import train
+
+    return train(ctx)
+
+
+RUNNERS: dict[str, Callable[[JobContext], dict]] = {
     "weight_spectra": weight_spectra,
+    "zoo_generate": _zoo_generate,
+    "metanet_train": _metanet_train,
 }

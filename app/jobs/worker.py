@@ -9,7 +9,7 @@ import socket
 import threading
 import uuid
 
-from storage import checkpoints, jobs
+from storage import jobs
 
 from ..services import Services
 
@@ -33,7 +33,9 @@ class Worker:
         progress = _ProgressBeat(self, job_id)
         progress.start()
         try:
-            result = self._execute(kind, params, checkpoint_id, progress.set)
+            from .runners import RUNNERS, JobContext  # torch is imported in workers only
+
+            result = RUNNERS[kind](JobContext(self.services, job_id, params, checkpoint_id, progress.set))
             error = None
         except Exception as exc:  # the job's failure is data for its owner, not a crash of the worker
             log.exception("job failed", extra={"request_id": job_id})
@@ -44,18 +46,6 @@ class Worker:
         with self.services.writing() as session:
             jobs.finish(session, job_id, self.owner, result=result, error=error)
         return job_id
-
-    def _execute(self, kind: str, params: dict, checkpoint_id: str | None, progress) -> dict:
-        with self.services.sessions() as session:
-            checkpoint = checkpoints.get(session, checkpoint_id) if checkpoint_id else None
-        if checkpoint is None:
-            raise LookupError(f"checkpoint {checkpoint_id!r} no longer exists")
-        path = self.services.blobs.path(checkpoint.canonical_sha256)
-        if not path.is_file():
-            raise FileNotFoundError(f"the blob {checkpoint.canonical_sha256} of checkpoint {checkpoint_id!r} is missing from the store")
-        from .runners import RUNNERS  # torch is imported in workers only
-
-        return RUNNERS[kind](path, params, progress)
 
     def run_forever(self, stop: threading.Event | None = None, wake=None) -> None:
         poll = self.services.settings.job_poll_seconds

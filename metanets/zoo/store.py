@@ -72,8 +72,12 @@ def load_zoo(out_dir: str | Path) -> tuple[ZooRecipe, list[ZooMember]]:
 
 def load_member(out_dir: str | Path, member: ZooMember) -> dict[str, torch.Tensor]:
     """The member's state dict, in the key order of the module it came from (safetensors sorts keys)."""
-    path = str(Path(out_dir) / member.file)
-    with safe_open(path, "pt") as f:
+    return ordered_state_dict(Path(out_dir) / member.file)
+
+
+def ordered_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors in the module key order kept in its metadata ("order"), when it has one."""
+    with safe_open(str(path), "pt") as f:
         order = json.loads((f.metadata() or {}).get("order", "[]"))
-    sd = load_file(path)
+    sd = load_file(str(path))
     return {k: sd[k] for k in order} if sorted(order) == sorted(sd) else sd

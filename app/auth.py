@@ -1,5 +1,6 @@
 """Bearer API keys. Keys come from WEIGHTSCOPE_API_KEYS or the api_keys table (hashed); with none configured
-the server only listens on loopback and lets requests through."""
+the server only listens on loopback and lets requests through. Checks run on the event loop (no thread hop);
+database answers are cached for a few seconds, so a revoked key stops working within that time."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class KeyRegistry:
         self.services = services
         self.env_hashes = [keys.hash_key(k) for k in services.settings.api_keys]
         self._db_has_keys: tuple[float, bool] = (0.0, False)
+        self._valid_until: dict[str, float] = {}  # database keys seen valid (a revocation shows within the cache time)
 
     def auth_required(self) -> bool:
         if self.env_hashes:
@@ -40,11 +42,18 @@ class KeyRegistry:
         digest = keys.hash_key(key)
         if any(hmac.compare_digest(digest, h) for h in self.env_hashes):
             return True
+        if self._valid_until.get(digest, 0.0) > time.monotonic():
+            return True
         with self.services.sessions() as session:
-            return keys.find(session, key) is not None
+            found = keys.find(session, key) is not None
+        if found:
+            if len(self._valid_until) > 10_000:
+                self._valid_until.clear()
+            self._valid_until[digest] = time.monotonic() + _CACHE_SECONDS
+        return found
 
 
-def require_key(
+async def require_key(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     services: Services = Depends(get_services),

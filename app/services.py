@@ -36,7 +36,8 @@ class Services:
         self.engine.dispose()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async on purpose: a sync dependency costs a thread hop on every request."""
     return request.app.state.services
 
 

@@ -49,6 +49,8 @@ def test_database_keys_are_hashed_and_revocable(client):
     assert client.get("/v1/checkpoints", headers=auth).status_code == 200
     with services.writing() as session:
         assert keys.revoke(session, key_id)
+    assert client.get("/v1/checkpoints", headers=auth).status_code == 200  # cached for a few seconds...
+    client.app.state.keys._valid_until.clear()  # ...then the revocation applies
     assert client.get("/v1/checkpoints", headers=auth).status_code == 401
 
 

@@ -133,6 +133,8 @@ def main(argv=None):
     p.add_argument("--inr-images", type=int, default=334, help="x 3 seeds = 1,002 INRs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", nargs="+", default=["statnn", "nfn", "unf", "gmn"])
+    p.add_argument("--tasks", nargs="+", default=["cnn", "inr"])
+    p.add_argument("--inr-shared-init", action="store_true", help="INR fits of one seed share their initialisation")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
@@ -152,7 +154,10 @@ def main(argv=None):
     tasks = {}
     for name, recipe, label, target in (
             ("cnn", ZooRecipe("small_cnn_digits", a.cnn_runs, seed=0), "test_accuracy", "regression"),
-            ("inr", ZooRecipe("siren_digits", a.inr_images, seed=0), "digit", "classification")):
+            ("inr", ZooRecipe("siren_digits", a.inr_images, seed=0, shared_init=a.inr_shared_init), "digit",
+             "classification")):
+        if name not in a.tasks:
+            continue
         members, sds, seconds = _zoo(recipe, out / f"zoo_{name}", a.workers)
         results["zoos"][name] = {"recipe": recipe.to_json(), "members": len(members), "seconds": seconds,
                                  "models_per_second": len(members) / seconds, "labels": label_summary(members)}

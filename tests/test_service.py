@@ -74,12 +74,16 @@ def test_health_readiness_metrics_and_request_ids(client, settings):
     r = client.get("/v1/checkpoints/nope", headers={"X-Request-ID": "trace-123"})
     assert r.headers["x-request-id"] == "trace-123" and r.json()["request_id"] == "trace-123"
     assert len(client.get("/healthz").headers["x-request-id"]) == 32
-    os.chmod(settings.blob_dir / "tmp", 0o500)
+    staging = settings.blob_dir / "tmp"
+    staging.rename(settings.blob_dir / "tmp-aside")
+    staging.write_bytes(b"")  # a file where the staging folder should be: nothing can be written, root or not
     try:
-        if os.geteuid() != 0:  # root writes through permissions, so only check where they bite
-            assert client.get("/readyz").status_code == 503
+        down = client.get("/readyz")
+        assert down.status_code == 503 and down.json()["checks"]["blob_store"].startswith("unavailable")
     finally:
-        os.chmod(settings.blob_dir / "tmp", 0o700)
+        staging.unlink()
+        (settings.blob_dir / "tmp-aside").rename(staging)
+    assert client.get("/readyz").status_code == 200
 
 
 def test_openapi_documents_the_api(client):

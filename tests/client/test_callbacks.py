@@ -21,7 +21,7 @@ def _layer_steps(server):
 
 
 def test_lightning_callback(fake_server, tmp_path):
-    pl = pytest.importorskip("lightning.pytorch")
+    import lightning.pytorch as pl
     from weightscope.callbacks.lightning import WeightscopeCallback
 
     class Module(pl.LightningModule):
@@ -60,7 +60,7 @@ def test_lightning_callback(fake_server, tmp_path):
 
 
 def test_hf_trainer_callback(fake_server, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     from weightscope.callbacks.hf import WeightscopeCallback
 
     class Model(nn.Module):

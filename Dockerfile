@@ -8,7 +8,8 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY storage ./storage
 COPY metanets ./metanets
-RUN pip install . && useradd --uid 10001 --create-home weightscope && mkdir -p /data && chown weightscope /data
+COPY client ./client
+RUN pip install . ./client && useradd --uid 10001 --create-home weightscope && mkdir -p /data && chown weightscope /data
 USER weightscope
 ENV WEIGHTSCOPE_DATA_DIR=/data WEIGHTSCOPE_HOST=0.0.0.0 WEIGHTSCOPE_PORT=8000
 EXPOSE 8000

@@ -12,10 +12,10 @@ PORT ?= 8000
 
 .PHONY: serve test install install-test migrate bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q $(SERVE_TORCH)
-	$(VENV)/bin/python -m pip install -q -e .
+	$(VENV)/bin/python -m pip install -q -e . -e ./client
 	touch $@
 
 $(TEST_VENV)/.installed: pyproject.toml client/pyproject.toml

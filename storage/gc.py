@@ -9,7 +9,7 @@ from sqlalchemy import select, union
 from sqlalchemy.orm import Session, sessionmaker
 
 from .blobs import LocalBlobStore
-from .models import Checkpoint, CheckpointFile, GraphBlob, Metanet
+from .models import Checkpoint, CheckpointFile, GraphBlob, Metanet, Run
 
 
 @dataclass
@@ -23,6 +23,7 @@ def referenced_digests(session: Session) -> set[str]:
     query = union(
         select(CheckpointFile.sha256), select(Checkpoint.canonical_sha256), select(GraphBlob.sha256),
         select(Metanet.weights_sha256).where(Metanet.weights_sha256.is_not(None)),
+        select(Run.probe_sha256).where(Run.probe_sha256.is_not(None)),
     )
     return set(session.scalars(query))
 

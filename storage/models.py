@@ -186,6 +186,7 @@ class Run(Base):
     detectors: Mapped[dict] = mapped_column(default=dict)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
     last_step: Mapped[int | None] = mapped_column(BigInteger)
+    probe_sha256: Mapped[str | None] = mapped_column(String(64))  # safetensors with "inputs", for server-side SA
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -111,3 +111,7 @@ def newest_warning(session: Session, run_id: str) -> int | None:
     latest_q = select(func.coalesce(func.max(RunWarning.seq), 0)).where(RunWarning.run_id == run_id).scalar_subquery()
     found, latest = session.execute(select(exists_q, latest_q)).one()
     return None if found is None else int(latest)
+
+
+def set_probe(session: Session, run_id: str, digest: str) -> None:
+    lock(session, run_id).probe_sha256 = digest

@@ -8,13 +8,13 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from storage import checkpoints, jobs
+from storage import checkpoints, jobs, runs
 from storage.checkpoints import InvalidCursor
 from storage.formats import CheckpointRejected
 
 from ..architecture import ArchitectureInput
 from ..ingest import StreamingStats, UploadMeta, ingest
-from ..jobs.kinds import PARAMS
+from ..jobs.kinds import PARAMS, prepare
 from ..observability import JOBS_SUBMITTED, UPLOAD_BYTES, UPLOADS_REJECTED
 from ..problems import Problem, not_found
 from ..schemas import AnalysisRequest, CheckpointOut, CheckpointPage, JobOut, TensorList, TensorOut
@@ -108,6 +108,7 @@ async def upload_checkpoint(
         UPLOADS_REJECTED.labels(exc.slug).inc()
         raise
     UPLOAD_BYTES.inc(checkpoint.size)
+    _queue_run_analyses(request, services, checkpoint)
     response.headers["Location"] = f"/v1/checkpoints/{checkpoint.id}"
     with services.sessions() as session:
         return CheckpointOut.model_validate(checkpoints.get(session, checkpoint.id))
@@ -200,9 +201,26 @@ def start_analysis(
         detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors)
         raise Problem(422, "validation-error", detail, title="Invalid request", errors=errors) from None
     with services.writing() as session:
-        _checkpoint(session, checkpoint_id)
+        checkpoint = _checkpoint(session, checkpoint_id)
+        try:
+            params = prepare(body.kind, params, checkpoint, lambda run_id: runs.get(session, run_id))
+        except ValueError as exc:
+            raise Problem(422, "analysis-not-possible", str(exc)) from None
         job = jobs.enqueue(session, body.kind, params, checkpoint_id)
     request.app.state.executor.submit(job.id)
     JOBS_SUBMITTED.labels(body.kind).inc()
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.model_validate(job)
+
+
+def _queue_run_analyses(request: Request, services: Services, checkpoint) -> None:
+    """A checkpoint uploaded with the id of a run that has a probe batch, and a step, gets its SA computed."""
+    if checkpoint.run is None or checkpoint.step is None:
+        return
+    with services.writing() as session:
+        run = runs.get(session, checkpoint.run)
+        if run is None or run.probe_sha256 is None:
+            return
+        job = jobs.enqueue(session, "spectral_alignment", {"run": run.id, "step": checkpoint.step, "max_tokens": 4096}, checkpoint.id)
+    request.app.state.executor.submit(job.id)
+    JOBS_SUBMITTED.labels("spectral_alignment").inc()

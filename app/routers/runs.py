@@ -16,15 +16,18 @@ from starlette.concurrency import run_in_threadpool
 
 from metanets.detectors import DETECTORS
 from storage import runs
+from storage.formats.safetensors import read_header_at
 
 from .. import runs as run_service
 from ..problems import Problem, not_found
 from ..schemas import _Out
+from ..uploads import receive_raw
 from ..services import Services, get_services, get_session
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 MAX_BATCH_BYTES = 8 << 20
+MAX_PROBE_BYTES = 256 << 20
 MAX_RECORDS = 20_000
 LONG_POLL_LIMIT = 30.0
 
@@ -253,6 +256,34 @@ async def stream_warnings(
             cursor = cursor_after
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class ProbeOut(BaseModel):
+    run_id: str
+    probe_sha256: str
+    inputs: dict[str, Any]
+
+
+@router.put("/{run_id}/probe", response_model=ProbeOut, openapi_extra={"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+            summary="The probe batch (safetensors with a tensor named inputs) for server-side spectral alignment")
+async def put_probe(run_id: str, request: Request, services: Services = Depends(get_services)):
+    with services.sessions() as session:
+        _run(session, run_id)
+    received = await receive_raw(request, services.blobs, MAX_PROBE_BYTES, None)
+    staged = received.files[0].staged
+    try:
+        staged.finish_writing()
+        header = await run_in_threadpool(read_header_at, staged.path)
+        inputs = next((e for e in header.tensors if e.name == "inputs"), None)
+        if inputs is None:
+            raise Problem(422, "invalid-probe", "the probe file needs a tensor named 'inputs'")
+        info = staged.commit()
+    finally:
+        received.discard()
+    with services.writing() as session:
+        runs.set_probe(session, run_id, info.sha256)
+    return ProbeOut(run_id=run_id, probe_sha256=info.sha256, inputs={"dtype": inputs.dtype, "shape": list(inputs.shape)})
 
 
 @router.get("/{run_id}/series", response_model=Series, summary="One metric of one layer over steps, downsampled for plotting")

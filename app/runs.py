@@ -149,8 +149,8 @@ def ingest_telemetry(services: Services, cache: DetectorCache, events: RunEvents
             runs.upsert_telemetry(session, run_id, rows)
             if detectors is None:  # first batch here, or another process wrote since: replay everything stored
                 detectors = detectors_for(run.detectors)
-                stored = runs.telemetry(session, run_id)
-                fired = detectors.ingest(Record.parse({"step": r.step, "layer": r.layer, "metrics": r.metrics}) for r in stored)
+                fired = [w for chunk in runs.iter_telemetry(session, run_id) for w in detectors.ingest(
+                    Record.parse({"step": r.step, "layer": r.layer, "metrics": r.metrics}) for r in chunk)]
             else:
                 fired = detectors.ingest(Record.parse(r) for r in rows)
             new = runs.add_warnings(session, run_id, [warning_row(w) for w in fired])

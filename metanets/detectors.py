@@ -5,7 +5,9 @@ in any batching, and returns the warnings that became due. A warning is emitted 
 firing measurements that ends after ``reset_after`` consecutive normal ones; a late record that extends, splits or
 precedes an episode already warned about does not warn again. NaN and Inf values are signals (``critical``), not
 errors. State is serialisable (``to_dict``/``from_dict``, JSON-safe) and is the stored series plus the emitted
-episodes, so the server can persist it or rebuild it from its telemetry table.
+episodes, so the server can persist it or rebuild it from its telemetry table. Memory is bounded: a detector keeps
+the newest ``history`` measured steps (and the newest ``MAX_EPISODES`` episodes per severity); records older than
+what it keeps are ignored, so a late record can only change judgments inside that horizon.
 
 Detectors:
 * ``sa_collapse``: sign-diversity (SD) collapse of Spectral Alignment, aggregated over layers against each layer's
@@ -24,6 +26,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 STEP_LAYER = "_step"
+HISTORY_STEPS = 2048  # measured steps a detector keeps; older steps are forgotten (windows are far shorter)
+MAX_EPISODES = 256  # emitted episodes kept per severity, to recognise a late record's episode
 Severity = Literal["warning", "critical"]
 
 
@@ -106,8 +110,10 @@ class _EpisodeDetector:
     name: ClassVar[str]
     config_cls: ClassVar[type]
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: Any = None, history: int = HISTORY_STEPS):
         self.config = config if config is not None else self.config_cls()
+        self.history = max(history, 2 * self._context() + 1)
+        self._horizon: float = -math.inf  # steps before it were forgotten; their records are ignored
         self._emitted: dict[str, list[list[int]]] = {"warning": [], "critical": []}  # [start, end] per severity
         self._cache: dict[int, _Firing | str | None] = {}
 
@@ -125,6 +131,14 @@ class _EpisodeDetector:
     def _consecutive(self, severity: Severity) -> int:
         return 1
 
+    def _context(self) -> int:
+        """Measurements before a step that judging it needs."""
+        return 0
+
+    def _forget(self, before: int) -> None:
+        """Drop every stored measurement of a step before ``before``."""
+        raise NotImplementedError
+
     def _series_dict(self) -> Any:
         raise NotImplementedError
 
@@ -134,7 +148,8 @@ class _EpisodeDetector:
     # public API
     def ingest(self, records: Iterable[Record | Mapping[str, Any]]) -> list[DetectorWarning]:
         """Absorb records (any order) and return the warnings of episodes not warned about before."""
-        changed = self._absorb([Record.parse(r) for r in records])
+        parsed = [r for r in map(Record.parse, records) if r.step >= self._horizon]
+        changed = self._absorb(parsed)
         if changed is None:
             return []
         self._cache = {s: f for s, f in self._cache.items() if s < changed}
@@ -145,7 +160,18 @@ class _EpisodeDetector:
         warnings = []
         for severity in ("critical", "warning"):
             warnings.extend(self._scan(steps, severity))
+        if len(steps) > self.history:
+            self._trim(steps[-self.history:])
         return sorted(warnings, key=lambda w: (w.step, w.severity))
+
+    def _trim(self, kept: list[int]) -> None:
+        """Forget the steps before ``kept``; from now on ignore records before its ``_context()``-th step, so every
+        step that a late record makes us judge again still has its whole trailing window."""
+        self._forget(kept[0])
+        self._cache = {s: f for s, f in self._cache.items() if s >= kept[0]}
+        self._horizon = kept[self._context()]
+        for severity, episodes in self._emitted.items():
+            self._emitted[severity] = episodes[-MAX_EPISODES:]
 
     def _scan(self, steps: list[int], severity: Severity) -> list[DetectorWarning]:
         """Find the episodes of ``severity`` in the whole series; emit those that overlap no emitted episode.
@@ -201,11 +227,13 @@ class _EpisodeDetector:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe state: config, stored series and emitted episodes (the evaluation cache is recomputed)."""
         return {"detector": self.name, "config": asdict(self.config), "series": self._series_dict(),
-                "emitted": {k: [list(i) for i in v] for k, v in self._emitted.items()}}
+                "emitted": {k: [list(i) for i in v] for k, v in self._emitted.items()},
+                "history": self.history, "horizon": encode_value(self._horizon)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> _EpisodeDetector:
-        det = cls(_config_from(cls.config_cls, data.get("config")))
+        det = cls(_config_from(cls.config_cls, data.get("config")), int(data.get("history", HISTORY_STEPS)))
+        det._horizon = decode_value(data.get("horizon", "-Infinity"))
         det._load_series(data.get("series") or {})
         det._emitted = {k: [list(map(int, i)) for i in v] for k, v in (data.get("emitted") or {}).items()}
         det._emitted.setdefault("warning", [])
@@ -253,8 +281,8 @@ class SACollapseDetector(_EpisodeDetector):
     name = "sa_collapse"
     config_cls = SACollapseConfig
 
-    def __init__(self, config: SACollapseConfig | None = None):
-        super().__init__(config)
+    def __init__(self, config: SACollapseConfig | None = None, history: int = HISTORY_STEPS):
+        super().__init__(config, history)
         if self.config.aggregate not in ("median", "fraction"):
             raise ValueError("aggregate must be 'median' or 'fraction'")
         self.series: dict[str, dict[int, float]] = {}
@@ -308,12 +336,19 @@ class SACollapseDetector(_EpisodeDetector):
             f"SA sign diversity collapsed: median {median_sd:.3f} over {len(present)} layers, "
             f"{len(collapsed)} below {cfg.layer_threshold} (for {cfg.consecutive} measurements)")
 
+    def _forget(self, before: int) -> None:
+        for layer in self.series.values():  # baselines stay: they are each layer's first measurements
+            for step in [s for s in layer if s < before]:
+                del layer[step]
+
     def _series_dict(self) -> Any:
-        return {layer: _series_to_json(s) for layer, s in self.series.items()}
+        return {"layers": {layer: _series_to_json(s) for layer, s in self.series.items()},
+                "baselines": {layer: list(b) if b else None for layer, b in self._baselines.items()}}
 
     def _load_series(self, data: Any) -> None:
-        self.series = {layer: _series_from_json(pairs) for layer, pairs in data.items()}
-        self._baselines = {layer: self._baseline(s) for layer, s in self.series.items()}
+        self.series = {layer: _series_from_json(pairs) for layer, pairs in (data.get("layers") or {}).items()}
+        self._baselines = {layer: (int(b[0]), float(b[1])) if b else None
+                           for layer, b in (data.get("baselines") or {}).items()}
 
 
 # -- robust spikes of a per-step scalar --------------------------------------------------------------------------------
@@ -339,8 +374,8 @@ class RobustSpikeDetector(_EpisodeDetector):
     name = "spike"
     config_cls = SpikeConfig
 
-    def __init__(self, config: SpikeConfig | None = None):
-        super().__init__(config)
+    def __init__(self, config: SpikeConfig | None = None, history: int = HISTORY_STEPS):
+        super().__init__(config, history)
         self.series: dict[int, float] = {}
         self._order: list[int] = []
 
@@ -357,6 +392,9 @@ class RobustSpikeDetector(_EpisodeDetector):
 
     def _steps(self) -> list[int]:
         return self._order
+
+    def _context(self) -> int:
+        return self.config.window
 
     def _transform(self, x: float) -> float | None:
         if not self.config.log:
@@ -392,6 +430,12 @@ class RobustSpikeDetector(_EpisodeDetector):
         return _Firing("warning", [], {cfg.metric: x, "median": median_value, "z": z},
                        f"{cfg.metric} spike at step {step}: {x:.4g} against trailing median {median_value:.4g} "
                        f"(robust z {z:.1f} > {cfg.z_threshold})")
+
+    def _forget(self, before: int) -> None:
+        cut = bisect.bisect_left(self._order, before)
+        for step in self._order[:cut]:
+            del self.series[step]
+        del self._order[:cut]
 
     def _series_dict(self) -> Any:
         return _series_to_json(self.series)
@@ -442,8 +486,8 @@ class WeightNormGrowthDetector(_EpisodeDetector):
     name = "weight_norm_growth"
     config_cls = WeightNormGrowthConfig
 
-    def __init__(self, config: WeightNormGrowthConfig | None = None):
-        super().__init__(config)
+    def __init__(self, config: WeightNormGrowthConfig | None = None, history: int = HISTORY_STEPS):
+        super().__init__(config, history)
         self.series: dict[str, dict[int, float]] = {}
         self._orders: dict[str, list[int]] = {}
 
@@ -461,6 +505,9 @@ class WeightNormGrowthDetector(_EpisodeDetector):
 
     def _steps(self) -> list[int]:
         return sorted({s for order in self._orders.values() for s in order})
+
+    def _context(self) -> int:
+        return self.config.window
 
     def _evaluate(self, step: int) -> _Firing | str | None:
         cfg = self.config
@@ -490,6 +537,13 @@ class WeightNormGrowthDetector(_EpisodeDetector):
         return _Firing("warning", sorted(grown), {"max_ratio": grown[worst], "n_layers": float(len(grown))},
                        f"{cfg.metric} grew x{grown[worst]:.2f} in {cfg.window} measurements ({worst}); "
                        f"{len(grown)} layers above x{cfg.ratio_threshold}")
+
+    def _forget(self, before: int) -> None:
+        for name, order in self._orders.items():
+            cut = bisect.bisect_left(order, before)
+            for step in order[:cut]:
+                del self.series[name][step]
+            del order[:cut]
 
     def _series_dict(self) -> Any:
         return {layer: _series_to_json(s) for layer, s in self.series.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -81,6 +81,13 @@ def telemetry(session: Session, run_id: str, *, layer: str | None = None, since_
     if since_step is not None:
         query = query.where(TelemetryRecord.step >= since_step)
     return list(session.scalars(query.order_by(TelemetryRecord.step, TelemetryRecord.layer)))
+
+
+def iter_telemetry(session: Session, run_id: str, chunk: int = 4096) -> Iterator[list[TelemetryRecord]]:
+    """All of a run's records in step order, ``chunk`` rows at a time (a replay need not hold the whole run)."""
+    query = select(TelemetryRecord).where(TelemetryRecord.run_id == run_id)
+    result = session.scalars(query.order_by(TelemetryRecord.step, TelemetryRecord.layer).execution_options(yield_per=chunk))
+    yield from result.partitions()
 
 
 def add_warnings(session: Session, run_id: str, warnings: Iterable[dict]) -> int:

@@ -6,6 +6,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metanets.detectors import (
     DetectorSet,
@@ -145,3 +147,45 @@ def test_unknown_detector_or_config_field_is_rejected():
 def test_string_encoded_non_finite_values_are_signals():
     (w,) = LossSpikeDetector().ingest(loss_records([(0, 1.0), (1, "Infinity")]))
     assert w.severity == "critical" and w.step == 1
+
+
+def spiky_run(seed: int, steps: int) -> list[dict]:
+    """A long run: noisy loss and grad norm with a few spikes, SD per layer with a collapse episode or two."""
+    rng = random.Random(seed)
+    spikes = set(rng.sample(range(100, steps), 6))
+    collapse = {s for start in rng.sample(range(200, steps - 50), 2) for s in range(start, start + 40)}
+    records = loss_records([(s, (9.0 if s in spikes else 2.0) + rng.gauss(0, 0.02)) for s in range(steps)])
+    records += loss_records([(s, rng.lognormvariate(0, 0.2) * (50 if s in spikes else 1)) for s in range(steps)],
+                            "grad_norm")
+    records += sd_records(range(0, steps, 5), lambda s, i: 0.02 if s in collapse else 0.8 + 0.1 * rng.random())
+    records += [{"step": s, "layer": f"l{i}", "metrics": {"weight_norm": 10.0 * (3.0 if s in collapse else 1.0)}}
+                for s in range(0, steps, 5) for i in range(2)]
+    return records
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.integers(50, 400))
+def test_bounded_history_warns_like_unbounded_on_in_order_data(seed, batch):
+    records = spiky_run(seed, 800)
+    records.sort(key=lambda r: r["step"])
+    capped, full = DetectorSet.from_spec(None), DetectorSet.from_spec(None)
+    for det in capped.detectors:
+        det.history = 120  # far longer than every window, far shorter than the run
+    got = [w for i in range(0, len(records), batch) for w in capped.ingest(records[i:i + batch])]
+    want = [w for i in range(0, len(records), batch) for w in full.ingest(records[i:i + batch])]
+    assert [w.id for w in got] == [w.id for w in want]
+    assert got  # the run has episodes to find
+    for det in capped.detectors:
+        assert len(det._steps()) <= 120
+
+
+def test_records_older_than_the_history_are_ignored_and_state_round_trips():
+    det = SACollapseDetector(history=50)
+    det.ingest(sd_records(range(0, 1000, 5), lambda s, i: 0.9))
+    assert min(det._steps()) == 750 and len(det._steps()) == 50
+    assert det.ingest(sd_records(range(100, 130, 5), lambda s, i: 0.0)) == []  # before the horizon: ignored
+    assert all(100 not in layer for layer in det.series.values())
+    restored = SACollapseDetector.from_dict(json.loads(json.dumps(det.to_dict(), allow_nan=False)))
+    assert restored.history == 50 and restored._baselines == det._baselines  # baselines outlive the series
+    (w,) = restored.ingest(sd_records(range(1000, 1030, 5), lambda s, i: 0.01))
+    assert w.step == 1010

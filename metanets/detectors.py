@@ -254,8 +254,8 @@ def _series_from_json(pairs: Iterable[Iterable[Any]]) -> dict[int, float]:
 class SACollapseConfig:
     """SA collapse rule. The paper's thresholds are unknown: these are our defaults (analyses.md B.3, sa-probe.md).
 
-    A layer is *eligible* once its first ``baseline_measurements`` values exist and their median is at least
-    ``min_baseline`` (layers that sat near SD 0 from the start, like LayerNorm-fed MLP up-projections, never are).
+    A layer is *eligible* once ``baseline_measurements`` values after its first ``baseline_skip`` exist and their
+    median is at least ``min_baseline`` (layers that sat near SD 0 from the start, like LayerNorm-fed MLP up-projections, never are).
     At a step, eligible layers with SD below ``layer_threshold`` count as collapsed. The step fires when
     ``aggregate="median"`` and the median SD of eligible layers is below ``median_threshold``, or when
     ``aggregate="fraction"`` and the collapsed fraction is at least ``fraction_threshold``. A warning needs
@@ -270,6 +270,7 @@ class SACollapseConfig:
     fraction_threshold: float = 0.5
     consecutive: int = 3
     baseline_measurements: int = 5
+    baseline_skip: int = 0
     min_baseline: float = 0.5
     min_layer_fraction: float = 0.5
     reset_after: int = 3
@@ -307,12 +308,13 @@ class SACollapseDetector(_EpisodeDetector):
         return changed
 
     def _baseline(self, layer: Mapping[int, float]) -> tuple[int, float] | None:
-        """(step of the last baseline measurement, median of the first N finite values), or None if fewer than N."""
+        """(step of the last baseline measurement, median of the N finite values after the first ``baseline_skip``),
+        or None while there are fewer."""
         finite = [(s, v) for s, v in sorted(layer.items()) if math.isfinite(v)]
-        n = self.config.baseline_measurements
-        if len(finite) < n:
+        skip, n = self.config.baseline_skip, self.config.baseline_measurements
+        if len(finite) < skip + n:
             return None
-        return finite[n - 1][0], statistics.median(v for _, v in finite[:n])
+        return finite[skip + n - 1][0], statistics.median(v for _, v in finite[skip:skip + n])
 
     def _steps(self) -> list[int]:
         return sorted({s for layer in self.series.values() for s in layer})

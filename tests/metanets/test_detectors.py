@@ -189,3 +189,14 @@ def test_records_older_than_the_history_are_ignored_and_state_round_trips():
     assert restored.history == 50 and restored._baselines == det._baselines  # baselines outlive the series
     (w,) = restored.ingest(sd_records(range(1000, 1030, 5), lambda s, i: 0.01))
     assert w.step == 1010
+
+
+def test_baseline_skip_ignores_early_training_collapse():
+    # layers without normalisation collapse in the first measurements of every run, healthy or not (sa-probe.md);
+    # skipping them makes those layers ineligible instead of judging everything after against a random-init baseline
+    early_collapse = lambda s, i: 0.9 if s < 15 else (0.02 if s < 300 else 0.9)  # noqa: E731
+    assert SACollapseDetector().ingest(sd_records(range(0, 400, 5), early_collapse))  # fires at once
+    skipping = SACollapseDetector(SACollapseConfig(baseline_skip=10))
+    assert skipping.ingest(sd_records(range(0, 400, 5), early_collapse)) == []
+    (w,) = SACollapseDetector(SACollapseConfig(baseline_skip=10)).ingest(sd_records(range(0, 400, 5), healthy_then_collapse))
+    assert w.step == 110 and w.layers == ["l0", "l1", "l2"]  # baselines from steps 50-70, collapse from 100

@@ -15,6 +15,7 @@ exploded runs, false alarms on the others, and lead times in steps.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -163,6 +164,7 @@ class RunSpec:
     bf16_attention: bool = False
     jump_step: int | None = None  # lr multiplied by jump_factor from this step on
     jump_factor: float = 1.0
+    ramp_to: float | None = None  # lr grows geometrically from ``lr`` (at the end of warmup) to this at the last step
     seed: int = 0
 
 
@@ -211,10 +213,34 @@ def _runs(jump_at: int, nonorm_lrs: tuple[float, float, float]) -> tuple[RunSpec
     )
 
 
+def _cpu_runs(seeds: tuple[int, ...]) -> tuple[RunSpec, ...]:
+    """The CPU preset's run list, per seed: 4 meant to stay stable, 5 meant to explode, of which 3 reach their too-high
+    learning rate gradually (a ramp: the realistic case where an early warning has something to see)."""
+    runs: list[RunSpec] = []
+    for s in seeds:
+        runs += [
+            RunSpec(f"ln_lr1e-3_wu_s{s}", "stable", "-", 1e-3, warmup=50, seed=s),
+            RunSpec(f"ln_lr3e-3_wu_s{s}", "stable", "-", 3e-3, warmup=50, seed=s),
+            RunSpec(f"nonorm_lr1e-3_wu_s{s}", "stable", "-", 1e-3, warmup=50, norm=False, seed=s),
+            RunSpec(f"ln_bf16attn_lr1e-3_wu_s{s}", "stable", "-", 1e-3, warmup=50, bf16_attention=True, seed=s),
+            RunSpec(f"nonorm_lr2e-2_nowu_s{s}", "diverge", "no normalisation, large lr", 2e-2, norm=False, seed=s),
+            RunSpec(f"ln_ramp_to_3e-1_s{s}", "diverge", "lr ramps far too high", 1e-3, warmup=50, ramp_to=0.3, seed=s),
+            RunSpec(f"nonorm_ramp_to_5e-2_s{s}", "diverge", "no normalisation, lr ramps too high", 1e-3, warmup=50,
+                    ramp_to=0.05, norm=False, seed=s),
+            RunSpec(f"ln_bf16attn_ramp_to_3e-1_s{s}", "diverge", "bf16 attention, lr ramps far too high", 1e-3,
+                    warmup=50, ramp_to=0.3, bf16_attention=True, seed=s),
+            RunSpec(f"ln_lr_jump_x50_s{s}", "diverge", "lr x50 mid-run", 1e-3, warmup=50, jump_step=300,
+                    jump_factor=50.0, seed=s),
+        ]
+    return tuple(runs)
+
+
 PRESETS = {
     "cpu-smoke": Preset("cpu-smoke", GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=64), batch_size=16,
                         steps=400, every=5, corpus_bytes=2_000_000, threads=1, horizon=100,
                         runs=_runs(jump_at=200, nonorm_lrs=(1.5e-2, 2e-2, 3e-2))),
+    "cpu": Preset("cpu", GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=64), batch_size=16, steps=600, every=5,
+                  corpus_bytes=2_000_000, threads=1, horizon=100, runs=_cpu_runs((0, 1, 2))),
     "full": Preset("full", GPTConfig(block_size=128, n_layer=4, n_head=8, n_embd=256), batch_size=32, steps=1500,
                    every=5, corpus_bytes=10_000_000, threads=8, horizon=200,
                    runs=_runs(jump_at=600, nonorm_lrs=(3e-3, 1e-2, 3e-2))),
@@ -247,16 +273,19 @@ def explosion_step(losses: list[float]) -> int | None:
     return None
 
 
-def lr_at(spec: RunSpec, step: int) -> float:
-    """Linear warmup over ``warmup`` steps, then constant, times ``jump_factor`` from ``jump_step`` on."""
+def lr_at(spec: RunSpec, step: int, steps: int) -> float:
+    """Linear warmup over ``warmup`` steps, then constant (or a geometric ramp to ``ramp_to`` at step ``steps``),
+    times ``jump_factor`` from ``jump_step`` on."""
     lr = spec.lr * min(1.0, (step + 1) / spec.warmup) if spec.warmup else spec.lr
+    if spec.ramp_to is not None and step > spec.warmup:
+        lr = spec.lr * (spec.ramp_to / spec.lr) ** ((step - spec.warmup) / max(1, steps - spec.warmup))
     if spec.jump_step is not None and step >= spec.jump_step:
         lr *= spec.jump_factor
     return lr
 
 
-def train_run(spec: RunSpec, preset: Preset, data: torch.Tensor, vocab: int, device: str) -> dict:
-    """Train one run under the monitor; return its losses, explosion step and each detector's first warning."""
+def train_run(spec: RunSpec, preset: Preset, data: torch.Tensor, vocab: int, device: str) -> tuple[list[float], list[dict], float]:
+    """Train one run under the monitor; return its losses, the monitor's telemetry records and the seconds taken."""
     torch.manual_seed(spec.seed)
     cfg = replace(preset.model, vocab_size=vocab, norm=spec.norm, bf16_attention=spec.bf16_attention)
     model = GPT(cfg).to(device)
@@ -276,7 +305,7 @@ def train_run(spec: RunSpec, preset: Preset, data: torch.Tensor, vocab: int, dev
         starts = torch.randint(0, data.numel() - t_block - 1, (b,), generator=gen)
         chunk = data[starts[:, None] + offsets].to(device)
         for group in opt.param_groups:
-            group["lr"] = lr_at(spec, step)
+            group["lr"] = lr_at(spec, step, preset.steps)
         loss = model(chunk[:, :-1], chunk[:, 1:])
         loss.backward()
         monitor.step(loss)
@@ -291,9 +320,14 @@ def train_run(spec: RunSpec, preset: Preset, data: torch.Tensor, vocab: int, dev
                 stop_at = min(preset.steps, ex + preset.after_explosion)
     monitor.close(timeout=30.0)
     seconds = time.perf_counter() - t0
+    return losses, client.records, seconds
 
-    detectors = DetectorSet.from_spec(None)
-    warnings = detectors.ingest(client.records)
+
+def judge_run(spec: RunSpec, losses: list[float], records: list[dict], detector_spec: dict | None = None,
+              seconds: float | None = None) -> dict:
+    """Feed a run's records to the real detectors; return the run's row (explosion step, warnings per detector)."""
+    detectors = DetectorSet.from_spec(detector_spec)
+    warnings = detectors.ingest(records)
     first: dict[str, int | None] = {name: None for name in DETECTOR_NAMES}
     steps_by_detector: dict[str, list[int]] = {name: [] for name in DETECTOR_NAMES}
     for w in warnings:
@@ -313,8 +347,8 @@ def train_run(spec: RunSpec, preset: Preset, data: torch.Tensor, vocab: int, dev
                               (round(losses[ex], 4) if math.isfinite(losses[ex]) else str(losses[ex]))),
         "first_warning": first,
         "warning_steps": {name: sorted(v) for name, v in steps_by_detector.items()},
-        "records": len(client.records),
-        "seconds": round(seconds, 1),
+        "records": len(records),
+        "seconds": None if seconds is None else round(seconds, 1),
     }
 
 
@@ -368,7 +402,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the preset's)")
     parser.add_argument("--only", default=None, help="comma-separated run names (debugging)")
+    parser.add_argument("--save", default=None, help="write every run's losses and telemetry here (.json.gz)")
+    parser.add_argument("--replay", default=None, help="judge the runs saved by --save instead of training")
+    parser.add_argument("--detectors", default=None,
+                        help="detector settings as in POST /v1/runs {detectors} (JSON); default: all, default configs")
     args = parser.parse_args(argv)
+    detector_spec = json.loads(args.detectors) if args.detectors else None
     preset = PRESETS[args.preset]
     threads = args.threads or min(preset.threads, os.cpu_count() or 1)
     torch.set_num_threads(threads)
@@ -380,13 +419,27 @@ def main(argv: list[str] | None = None) -> None:
     data = torch.tensor([lookup[c] for c in text], dtype=torch.long)
     runs = preset.runs if args.only is None else tuple(r for r in preset.runs if r.name in args.only.split(","))
 
-    rows = []
-    for spec in runs:
-        row = train_run(spec, preset, data, len(chars), args.device)
+    rows, saved = [], []
+    if args.replay:
+        with gzip.open(args.replay, "rt") as fh:
+            collected = json.load(fh)
+        if collected["preset"] != preset.name:
+            parser.error(f"{args.replay} holds preset {collected['preset']!r}, not {preset.name!r}")
+        known = {r.name: r for r in preset.runs}
+        todo = [(known[c["name"]], c["losses"], c["records"], c["seconds"]) for c in collected["runs"]
+                if c["name"] in {r.name for r in runs}]
+    else:
+        todo = ((spec, *train_run(spec, preset, data, len(chars), args.device)) for spec in runs)
+    for spec, losses, records, seconds in todo:
+        row = judge_run(spec, losses, records, detector_spec, seconds)
         rows.append(row)
+        saved.append({"name": spec.name, "losses": losses, "records": records, "seconds": seconds})
         print(f"{spec.name:28s} exploded={row['exploded']!s:5s} at={row['explosion_step']} "
               f"min={row['min_loss']} final={row['final_loss']} warn={row['warning_steps']} {row['seconds']}s",
               file=sys.stderr, flush=True)
+    if args.save:
+        with gzip.open(args.save, "wt") as fh:
+            json.dump({"preset": preset.name, "runs": saved}, fh)
 
     result = {
         "benchmark": "sa_validity",
@@ -397,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
         "setup": {"model": asdict(replace(preset.model, vocab_size=len(chars))), "batch_size": preset.batch_size,
                   "steps": preset.steps, "monitor_every": preset.every, "scalars_every": 1,
                   "corpus_chars": len(text), "optimizer": "AdamW betas (0.9, 0.95), wd 0.1, no clipping",
-                  "detectors": "DetectorSet.from_spec(None): all four with default configs",
+                  "detectors": detector_spec or "DetectorSet.from_spec(None): all four with default configs",
                   "hit_horizon_steps": preset.horizon,
                   "explosion_rule": (f"first step t >= {EXPLOSION_MIN_STEP} with non-finite loss or loss > "
                                      f"{EXPLOSION_FACTOR} x min(loss over the previous {EXPLOSION_WINDOW} steps)")},

@@ -329,6 +329,21 @@ def test_a_failing_layer_is_skipped_not_fatal(client, monkeypatch):
     assert set(_stored(client, run_id)) == {(0, "0")}
 
 
+def test_half_precision_checkpoint_runs_in_float32(client):
+    """A bfloat16 checkpoint with a float32 probe: the rebuilt network and the probe meet in float32."""
+    run_id = client.post("/v1/runs", json={"name": "bf16", "model": {"architecture": {"hints": {"activation": "tanh"}}}}).json()["id"]
+    probe = torch.randn(32, 16, generator=torch.Generator().manual_seed(8))
+    client.put(f"/v1/runs/{run_id}/probe", content=safetensors.torch.save({"inputs": probe}))
+    state = {k: v.to(torch.bfloat16) for k, v in _model(1).state_dict().items()}
+    client.post("/v1/checkpoints", content=safetensors_bytes(state), params={"run": run_id, "step": 0})
+    (job,) = _run_jobs(client, 1)
+    assert job["result"]["layers"] == ["0", "2"]
+    stored = _stored(client, run_id)
+    _assert_metrics(stored[(0, "0")], _direct_metrics(state["0.weight"].float(), probe), 1e-6, "0")
+    hidden = torch.tanh(F.linear(probe, state["0.weight"].float(), state["0.bias"].float()))
+    _assert_metrics(stored[(0, "2")], _direct_metrics(state["2.weight"].float(), hidden), 1e-5, "2")
+
+
 # --- without the API: every family's layers against the original modules, and the pieces --------------------------
 
 @pytest.mark.parametrize("name", ["cnn_bn", "resnet_blocks", "gpt2", "llama_gqa", "vit", "bert"])

@@ -9,6 +9,10 @@ from torch import nn
 
 from .architecture.description import ArchitectureDescription, Op
 
+# Capture name suffix for the concatenated attention heads of an attention op (the output projection's input):
+# ``capture=["blocks.0.attn" + HEADS]`` returns the (batch, tokens, heads * head_dim) tensor, batch first.
+HEADS = ":heads"
+
 _ACTS = {
     "relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu,
     "tanh": torch.tanh, "sigmoid": torch.sigmoid, "identity": lambda x: x, "leaky_relu": F.leaky_relu,
@@ -52,7 +56,11 @@ class RebuiltNetwork(nn.Module):
         values = {spec.name: x for spec, x in zip(self.desc.inputs, inputs)}
         captured = {}
         for op in self.desc.ops:
-            values[op.output] = _RUN[op.kind](self, op, *[values.get(v) for v in op.inputs])
+            args = [values.get(v) for v in op.inputs]
+            if capture is not None and op.kind == "attention" and op.name + HEADS in capture:
+                values[op.output] = _attention(self, op, *args, heads_out=captured)
+            else:
+                values[op.output] = _RUN[op.kind](self, op, *args)
             if capture is not None and (op.name in capture or op.output in capture):
                 captured[op.name if op.name in capture else op.output] = values[op.output]
         outs = [values[o] for o in self.desc.outputs]
@@ -106,7 +114,9 @@ def _adaptive_avgpool(m, op, x):
     return fn(x, op.attrs.get("output_size", 1))
 
 
-def _attention(m, op, x):
+def _attention(m, op, x, heads_out: dict | None = None):
+    """Self-attention; with ``heads_out`` the concatenated heads (the output projection's input) are stored there
+    under ``op.name + HEADS``."""
     heads = op.attrs["heads"]
     kv_heads = op.attrs.get("kv_heads") or heads
     transposed = op.attrs.get("transposed", False)
@@ -133,6 +143,8 @@ def _attention(m, op, x):
     if op.attrs.get("causal"):
         att = att.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
     y = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1)
+    if heads_out is not None:
+        heads_out[op.name + HEADS] = y
     w = m.tensor(op, "o_weight")
     y = F.linear(y, w.t() if transposed else w, m.tensor(op, "o_bias"))
     return y if op.attrs.get("batch_first", True) else y.transpose(0, 1)
@@ -181,10 +193,12 @@ def rebuild(desc: ArchitectureDescription, state_dict: dict[str, torch.Tensor]) 
 
 @torch.no_grad()
 def capture_activations(module: nn.Module, inputs, layers: list[str]) -> dict[str, torch.Tensor]:
-    """Outputs of the named layers on ``inputs``: op or value names of a rebuilt network, else submodule names."""
+    """Outputs of the named layers on ``inputs``: op or value names of a rebuilt network (``<attention op>:heads``
+    for the concatenated heads an attention op feeds to its output projection), else submodule names."""
     inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
     if isinstance(module, RebuiltNetwork):
-        missing = set(layers) - {o.name for o in module.desc.ops} - {o.output for o in module.desc.ops}
+        missing = (set(layers) - {o.name for o in module.desc.ops} - {o.output for o in module.desc.ops}
+                   - {o.name + HEADS for o in module.desc.ops if o.kind == "attention"})
         if missing:
             raise KeyError(f"no layer named {sorted(missing)}")
         return module(*inputs, capture=list(layers))[1]

@@ -17,7 +17,7 @@ class SpectralAlignmentParams(BaseModel):
 
     run: str | None = Field(None, description="run id; default: the checkpoint's run")
     step: int | None = Field(None, ge=0, description="training step; default: the checkpoint's step")
-    max_tokens: int = Field(4096, ge=1, le=1_000_000, description="probe tokens (rows) used per layer")
+    max_tokens: int = Field(4096, ge=1, le=1_000_000, description="probe tokens used per measured matrix, sampled uniformly (a convolution's input patches count as tokens)")
 
 
 PARAMS: dict[str, type[BaseModel]] = {

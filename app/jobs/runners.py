@@ -63,16 +63,19 @@ def weight_spectra(ctx: JobContext) -> dict:
 
 
 def spectral_alignment(ctx: JobContext) -> dict:
-    """SA of every linear layer of the rebuilt checkpoint on its run's probe batch, posted to the run as telemetry
-    at the checkpoint's step, where the run's detectors judge it like hook-sent records."""
+    """SA of every linear and convolution layer and every attention projection of the rebuilt checkpoint on its run's
+    probe batch, posted to the run as telemetry at the checkpoint's step, where the run's detectors judge it like
+    hook-sent records. Layer names and conventions: `app/jobs/alignment.py`. Ops that cannot be measured are listed
+    in the result's `skipped`, never fail the job."""
     from safetensors.torch import load_file
-    from weightscope.spectral import alignment, sa_summary, top_singular
+    from weightscope.spectral import sa_summary
 
     from metanets import describe, rebuild
     from metanets.zoo.store import ordered_state_dict
     from storage import runs as run_rows
 
     from ..runs import DetectorCache, RunEvents, ingest_telemetry
+    from .alignment import measure
 
     p = SpectralAlignmentParams.model_validate(ctx.params)
     with ctx.services.sessions() as session:
@@ -82,26 +85,22 @@ def spectral_alignment(ctx: JobContext) -> dict:
     state = ordered_state_dict(ctx.checkpoint_path())
     desc = describe(state, hints=supplied.get("hints"), declarative=supplied.get("declarative"))
     net = rebuild(desc, state).eval()
+    # half-precision checkpoints run in float32; float32 and float64 ones as stored; a float probe takes their dtype
+    dtype = next((t.dtype for t in net.parameters() if t.is_floating_point()), torch.float32)
+    if dtype in (torch.float16, torch.bfloat16):
+        net, dtype = net.float(), torch.float32
     probe = load_file(str(ctx.services.blobs.path(run.probe_sha256)))["inputs"]
-    linears = [op for op in desc.ops if op.kind == "linear"]
-    with torch.no_grad():
-        _, values = net(probe, capture=[op.inputs[0] for op in linears])
-    values[desc.inputs[0].name] = probe
-    generator = torch.Generator().manual_seed(0)
+    probe = probe.to(dtype) if probe.is_floating_point() else probe
+    ctx.progress(0.05)
+    measured, skipped = measure(net, (probe,), p.max_tokens, progress=ctx.progress)
     records = []
-    for i, op in enumerate(linears):
-        weight = net.tensor(op, "weight").detach()
-        weight = (weight.t() if op.attrs.get("transposed") else weight).double()
-        x = values[op.inputs[0]].detach().reshape(-1, weight.shape[1]).double()
-        if x.shape[0] > p.max_tokens:
-            x = x[torch.randperm(x.shape[0], generator=generator)[: p.max_tokens]]
-        top = top_singular(weight, generator=generator)
-        metrics = sa_summary(alignment(x, top.v))
-        metrics.update(sigma1=float(top.sigma), weight_norm=float(weight.norm()))
-        records.append({"step": p.step, "layer": op.name, "metrics": metrics})
-        ctx.progress(0.9 * (i + 1) / len(linears))
-    accepted = ingest_telemetry(ctx.services, DetectorCache(), RunEvents(), p.run, records)
-    return {"run_id": p.run, "step": p.step, "layers": [r["layer"] for r in records], "new_warnings": accepted["new_warnings"]}
+    for m in measured:
+        metrics = sa_summary(m.sa)
+        metrics.update(sigma1=m.sigma1, weight_norm=m.weight_norm)
+        records.append({"step": p.step, "layer": m.layer, "metrics": metrics})
+    accepted = ingest_telemetry(ctx.services, DetectorCache(), RunEvents(), p.run, records) if records else {"new_warnings": 0}
+    return {"run_id": p.run, "step": p.step, "layers": [r["layer"] for r in records], "skipped": skipped,
+            "new_warnings": accepted["new_warnings"]}
 
 
 def _zoo_generate(ctx: JobContext) -> dict:

@@ -61,3 +61,43 @@ def test_bert_encoder_without_head_returns_both_outputs():
     torch.testing.assert_close(pooled, ref.pooler_output, atol=1e-10, rtol=0)
     stream = desc.groups[desc.value_groups[desc.outputs[0]]]
     assert stream.kind == "output" and not stream.permutable, "hidden states are outputs: their order is fixed"
+
+
+@pytest.mark.parametrize("name, attention, projection", [("gpt2", "h.0.attn", "transformer.h.0.attn.c_proj"),
+                                                          ("llama_gqa", "layers.0.self_attn",
+                                                           "model.layers.0.self_attn.o_proj"),
+                                                          ("vit", "blocks.1.attn", "blocks.1.attn.proj")])
+def test_capture_attention_heads_is_the_output_projection_input(name, attention, projection):
+    from metanets.runnable import HEADS
+
+    c = case(name)
+    module = rebuild(described(name), c.model.state_dict())
+    got = capture_activations(module, c.inputs, [attention + HEADS])[attention + HEADS]
+    seen = {}
+    hook = c.model.get_submodule(projection).register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    try:
+        c()
+    finally:
+        hook.remove()
+    torch.testing.assert_close(got, seen["x"], atol=1e-10, rtol=0)
+
+
+def test_capture_attention_heads_of_multihead_attention_is_the_explicit_concat():
+    from metanets.runnable import HEADS
+
+    c = case("tiny_lm")
+    model, (ids,) = c.model, c.inputs
+    got = capture_activations(rebuild(described("tiny_lm"), model.state_dict()), c.inputs,
+                              ["blocks.0.attn" + HEADS])["blocks.0.attn" + HEADS]
+    attn, width, heads = model.blocks[0].attn, 16, 4
+    with torch.no_grad():
+        h = model.blocks[0].ln1(model.emb(ids) + model.pos)
+        q, k, v = (torch.nn.functional.linear(h, w, b) for w, b in zip(attn.in_proj_weight.chunk(3),
+                                                                        attn.in_proj_bias.chunk(3)))
+        split = [z.reshape(*z.shape[:2], heads, width // heads) for z in (q, k, v)]
+        concat = torch.cat([torch.softmax(split[0][:, :, i] @ split[1][:, :, i].transpose(1, 2) / 2.0, -1)
+                            @ split[2][:, :, i] for i in range(heads)], dim=-1)
+        torch.testing.assert_close(attn.out_proj(concat), attn(h, h, h, need_weights=False)[0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(got, concat, atol=1e-10, rtol=0)
+    with pytest.raises(KeyError):
+        capture_activations(rebuild(described("tiny_lm"), model.state_dict()), c.inputs, ["emb" + HEADS])

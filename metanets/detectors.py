@@ -252,7 +252,8 @@ def _series_from_json(pairs: Iterable[Iterable[Any]]) -> dict[int, float]:
 # -- Spectral Alignment sign-diversity collapse ------------------------------------------------------------------------
 @dataclass
 class SACollapseConfig:
-    """SA collapse rule. The paper's thresholds are unknown: these are our defaults (analyses.md B.3, sa-probe.md).
+    """SA collapse rule. The paper's thresholds are unknown: these defaults were tuned on the CPU validity runs of
+    ``bench/sa_tune.py`` (seed 0; BENCHMARKS.md has the held-out seeds), as were the other detectors' defaults.
 
     A layer is *eligible* once ``baseline_measurements`` values after its first ``baseline_skip`` exist and their
     median is at least ``min_baseline`` (layers that sat near SD 0 from the start, like LayerNorm-fed MLP up-projections, never are).
@@ -266,12 +267,12 @@ class SACollapseConfig:
     metric: str = "sa_sign_diversity"
     layer_threshold: float = 0.1
     aggregate: Literal["median", "fraction"] = "median"
-    median_threshold: float = 0.3
+    median_threshold: float = 0.2
     fraction_threshold: float = 0.5
-    consecutive: int = 3
+    consecutive: int = 5
     baseline_measurements: int = 5
-    baseline_skip: int = 0
-    min_baseline: float = 0.5
+    baseline_skip: int = 10
+    min_baseline: float = 0.3
     min_layer_fraction: float = 0.5
     reset_after: int = 3
 
@@ -362,7 +363,7 @@ class SpikeConfig:
 
     metric: str = "loss"
     layer: str = STEP_LAYER
-    window: int = 50
+    window: int = 100
     min_history: int = 10
     z_threshold: float = 6.0
     log: bool = False
@@ -451,6 +452,8 @@ class RobustSpikeDetector(_EpisodeDetector):
 class LossSpikeConfig(SpikeConfig):
     """Loss spike: raw loss values."""
 
+    z_threshold: float = 4.0
+
 
 @dataclass
 class GradNormSpikeConfig(SpikeConfig):
@@ -458,6 +461,7 @@ class GradNormSpikeConfig(SpikeConfig):
 
     metric: str = "grad_norm"
     log: bool = True
+    z_threshold: float = 8.0
 
 
 class LossSpikeDetector(RobustSpikeDetector):
@@ -478,7 +482,7 @@ class WeightNormGrowthConfig:
 
     metric: str = "weight_norm"
     window: int = 20
-    ratio_threshold: float = 1.5
+    ratio_threshold: float = 3.0
     reset_after: int = 3
 
 

@@ -30,6 +30,10 @@ def loss_records(values, metric="loss"):
     return [{"step": s, "layer": "_step", "metrics": {metric: v}} for s, v in values]
 
 
+# the rule as first written (3 in a row, baseline from the first 5 measurements): the step arithmetic below is easy
+EARLY = dict(consecutive=3, baseline_skip=0, median_threshold=0.3, min_baseline=0.5)
+
+
 def healthy_then_collapse(s, i, at=100):
     if i == 3:
         return 0.05  # a LayerNorm-fed layer that sits collapsed from the start (sa-probe.md)
@@ -37,7 +41,7 @@ def healthy_then_collapse(s, i, at=100):
 
 
 def test_sa_collapse_fires_once_after_k_consecutive():
-    det = SACollapseDetector()
+    det = SACollapseDetector(SACollapseConfig(**EARLY))
     warnings = det.ingest(sd_records(range(0, 200, 5), healthy_then_collapse))
     assert len(warnings) == 1
     w = warnings[0]
@@ -58,7 +62,7 @@ def test_sa_collapse_ignores_layers_collapsed_from_the_start_and_short_dips():
 
 
 def test_sa_collapse_new_episode_after_recovery():
-    det = SACollapseDetector()
+    det = SACollapseDetector(SACollapseConfig(**EARLY))
     sd = lambda s, i: 0.02 if (100 <= s < 130 or 200 <= s < 230) else 0.9  # noqa: E731
     warnings = det.ingest(sd_records(range(0, 300, 5), sd))
     assert [w.step for w in warnings] == [110, 210]
@@ -180,7 +184,7 @@ def test_bounded_history_warns_like_unbounded_on_in_order_data(seed, batch):
 
 
 def test_records_older_than_the_history_are_ignored_and_state_round_trips():
-    det = SACollapseDetector(history=50)
+    det = SACollapseDetector(SACollapseConfig(**EARLY), history=50)
     det.ingest(sd_records(range(0, 1000, 5), lambda s, i: 0.9))
     assert min(det._steps()) == 750 and len(det._steps()) == 50
     assert det.ingest(sd_records(range(100, 130, 5), lambda s, i: 0.0)) == []  # before the horizon: ignored
@@ -195,8 +199,9 @@ def test_baseline_skip_ignores_early_training_collapse():
     # layers without normalisation collapse in the first measurements of every run, healthy or not (sa-probe.md);
     # skipping them makes those layers ineligible instead of judging everything after against a random-init baseline
     early_collapse = lambda s, i: 0.9 if s < 15 else (0.02 if s < 300 else 0.9)  # noqa: E731
-    assert SACollapseDetector().ingest(sd_records(range(0, 400, 5), early_collapse))  # fires at once
-    skipping = SACollapseDetector(SACollapseConfig(baseline_skip=10))
+    no_skip = SACollapseDetector(SACollapseConfig(**EARLY))
+    assert no_skip.ingest(sd_records(range(0, 400, 5), early_collapse))  # fires at once
+    skipping = SACollapseDetector(SACollapseConfig(**{**EARLY, "baseline_skip": 10}))
     assert skipping.ingest(sd_records(range(0, 400, 5), early_collapse)) == []
-    (w,) = SACollapseDetector(SACollapseConfig(baseline_skip=10)).ingest(sd_records(range(0, 400, 5), healthy_then_collapse))
-    assert w.step == 110 and w.layers == ["l0", "l1", "l2"]  # baselines from steps 50-70, collapse from 100
+    (w,) = SACollapseDetector().ingest(sd_records(range(0, 400, 5), healthy_then_collapse))  # defaults: skip 10, K 5
+    assert w.step == 120 and w.layers == ["l0", "l1", "l2"]  # baselines from steps 50-70, collapse from 100

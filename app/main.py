@@ -19,6 +19,7 @@ from .routers import architecture, checkpoints, health, jobs, runs, zoos
 from .runs import DetectorCache, RunEvents, WarningPages
 from .services import Services
 from .settings import Settings
+from .warnings_fast_path import WarningsFastPath
 from .zoos import LoadedMetanets
 
 log = logging.getLogger("weightscope")
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(WarningsFastPath)  # inside RequestContext: same request ids, access log and metrics
     app.add_middleware(RequestContext)
     app.include_router(health.router)
     for router in (checkpoints.router, architecture.router, jobs.router, runs.router, zoos.router):

@@ -1,0 +1,100 @@
+"""The lean path for dashboards polling a run's warnings: `GET /v1/runs/{id}/warnings` (no long-poll) answered
+from WarningPages without FastAPI's routing, dependency solving and validation, which cost most of a poll's time.
+
+It answers only what it can answer exactly as the route would: an authorised request with well-formed `since` and
+`limit`, no `wait` (or `wait=0`), for a run whose newest warning seq is known, with a 304 for a matching
+If-None-Match or the page already rendered for that cursor and limit. Everything else (unknown run, bad parameter,
+missing or rejected key, long-poll, page not rendered yet) goes on to the route, which answers and fills the cache.
+It sits inside RequestContext, so request ids, the access log and the metrics (under the route's template) are
+the same as for the route."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl
+
+from starlette._utils import get_route_path
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .auth import bearer_token, check_key
+from .problems import Problem
+from .routers import runs as runs_router
+
+_PATH = re.compile(r"/v1/runs/([^/]+)/warnings")
+_DIGITS = re.compile(r"[0-9]+")
+_LIMIT = re.compile(r"[1-9][0-9]{0,3}")
+_NO_WAIT = re.compile(r"0(\.0+)?")
+_ROUTE = next(r for r in runs_router.router.routes if getattr(r, "name", None) == "get_warnings")
+_DEFAULT_LIMIT = 100
+_MAX_LIMIT = 1000
+
+
+def _parameters(query_string: bytes) -> tuple[int, int] | None:
+    """(cursor, limit) as the route reads them, or None for anything the route should judge (400, 422, wait)."""
+    cursor, limit = 0, _DEFAULT_LIMIT
+    if not query_string:
+        return cursor, limit
+    seen: set[str] = set()
+    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if name in seen:
+            return None  # repeated: the route takes the last one; leave it to the route
+        seen.add(name)
+        if name == "since":
+            if value:
+                if not _DIGITS.fullmatch(value):
+                    return None
+                cursor = int(value)
+        elif name == "limit":
+            if not _LIMIT.fullmatch(value) or int(value) > _MAX_LIMIT:
+                return None
+            limit = int(value)
+        elif name == "wait" and not _NO_WAIT.fullmatch(value):
+            return None
+    return cursor, limit
+
+
+class WarningsFastPath:
+    """ASGI middleware: answers cached warnings polls itself and passes every other request on unchanged."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            match = _PATH.fullmatch(get_route_path(scope))
+            if match and await self._answer(scope, send, match.group(1)):
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope, send: Send, run_id: str) -> bool:
+        parameters = _parameters(scope["query_string"])
+        if parameters is None:
+            return False
+        cursor, limit = parameters
+        authorization = if_none_match = None
+        for name, value in scope["headers"]:
+            if name == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")
+            elif name == b"if-none-match" and if_none_match is None:
+                if_none_match = value.decode("latin-1")
+        state = scope["app"].state
+        try:
+            check_key(state.keys, bearer_token(authorization))
+            latest = await state.warning_pages.newest_async(state.services, run_id)
+        except Problem:
+            return False  # 401 or 404: the route says so in its own words
+        etag = runs_router.warnings_etag(latest, cursor)
+        headers = [(b"etag", etag.encode("latin-1")), (b"cache-control", b"no-cache")]
+        if if_none_match == etag:
+            status, body = 304, b""
+        else:
+            cached = state.warning_pages.get(run_id, cursor, limit, latest)
+            if cached is None:
+                return False
+            status, body = 200, cached[0]
+            headers += [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+        scope["route"] = _ROUTE
+        scope["path_params"] = {"run_id": run_id}
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return True

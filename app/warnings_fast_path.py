@@ -2,15 +2,16 @@
 from WarningPages without FastAPI's routing, dependency solving and validation, which cost most of a poll's time.
 
 It answers only what it can answer exactly as the route would: an authorised request with well-formed `since` and
-`limit`, no `wait` (or `wait=0`), for a run whose newest warning seq is known, with a 304 for a matching
-If-None-Match or the page already rendered for that cursor and limit. Everything else (unknown run, bad parameter,
-missing or rejected key, long-poll, page not rendered yet) goes on to the route, which answers and fills the cache.
-It sits inside RequestContext, so request ids, the access log and the metrics (under the route's template) are
-the same as for the route."""
+`limit` and no `wait` (or `wait=0`), for a run that exists: a 304 for a matching If-None-Match, else the page,
+rendered once per burst by the same code as the route's when it is not cached. Everything else (unknown run, bad
+parameter, missing or rejected key, long-poll) goes on to the route, which answers it in its own words. It sits
+inside RequestContext, so request ids, the access log and the metrics (under the route's template) are the same
+as for the route."""
 
 from __future__ import annotations
 
 import re
+from functools import partial
 from urllib.parse import parse_qsl
 
 from starlette._utils import get_route_path
@@ -54,7 +55,7 @@ def _parameters(query_string: bytes) -> tuple[int, int] | None:
 
 
 class WarningsFastPath:
-    """ASGI middleware: answers cached warnings polls itself and passes every other request on unchanged."""
+    """ASGI middleware: answers warnings polls itself where it can, and passes every other request on unchanged."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -78,20 +79,21 @@ class WarningsFastPath:
             elif name == b"if-none-match" and if_none_match is None:
                 if_none_match = value.decode("latin-1")
         state = scope["app"].state
+        pages, services = state.warning_pages, state.services
         try:
             check_key(state.keys, bearer_token(authorization))
-            latest = await state.warning_pages.newest_async(state.services, run_id)
+            latest = await pages.newest_async(services, run_id)
+            etag = runs_router.warnings_etag(latest, cursor)
+            if if_none_match == etag:
+                status, body = 304, b""
+            else:
+                render = partial(runs_router.render_warnings_page, services, run_id, cursor, limit)
+                body, shown = await pages.page_async(run_id, cursor, limit, latest, render)
+                status, etag = 200, runs_router.warnings_etag(shown, cursor)
         except Problem:
             return False  # 401 or 404: the route says so in its own words
-        etag = runs_router.warnings_etag(latest, cursor)
         headers = [(b"etag", etag.encode("latin-1")), (b"cache-control", b"no-cache")]
-        if if_none_match == etag:
-            status, body = 304, b""
-        else:
-            cached = state.warning_pages.get(run_id, cursor, limit, latest)
-            if cached is None:
-                return False
-            status, body = 200, cached[0]
+        if status == 200:
             headers += [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
         scope["route"] = _ROUTE
         scope["path_params"] = {"run_id": run_id}

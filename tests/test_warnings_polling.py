@@ -91,12 +91,12 @@ def test_lean_path_answers_exactly_as_the_route(settings, answered):
         ]
         for params, headers in cases:
             expected = _comparable(route.get(url, params=params, headers=headers))
-            lean.get(url, params=params, headers=headers)  # fills the lean app's cache through the route if needed
-            del answered[:]
-            got = lean.get(url, params=params, headers=headers)
-            assert _comparable(got) == expected, (params, headers)
-            assert answered == [True], (params, headers)
-            assert got.headers["x-request-id"]
+            for _ in range(2):  # rendered for this cursor and limit, then from the cache
+                del answered[:]
+                got = lean.get(url, params=params, headers=headers)
+                assert _comparable(got) == expected, (params, headers)
+                assert answered == [True], (params, headers)
+                assert got.headers["x-request-id"]
 
         # What the route has to judge: passed on, and answered as the route answers it.
         passed_on = [
@@ -119,7 +119,6 @@ def test_lean_path_answers_exactly_as_the_route(settings, answered):
 def test_lean_path_cursor_limit_etag_and_new_warnings(client, answered):
     rid = _run_with_warnings(client)
     url = f"/v1/runs/{rid}/warnings"
-    client.get(url, params={"limit": 1})  # rendered once by the route
     del answered[:]
     page = client.get(url, params={"limit": 1})
     assert answered == [True] and [w["step"] for w in page.json()["items"]] == [60]

@@ -211,13 +211,14 @@ async def get_warnings(
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if unchanged:
         return Response(status_code=304, headers=headers)
-    body, latest_now = await pages.page_async(run_id, cursor, limit, latest, partial(_render_page, services, run_id, cursor, limit))
+    body, latest_now = await pages.page_async(run_id, cursor, limit, latest, partial(render_warnings_page, services, run_id, cursor, limit))
     if latest_now != latest:
         headers["ETag"] = warnings_etag(latest_now, cursor)
     return Response(body, media_type="application/json", headers=headers)
 
 
-def _render_page(services: Services, run_id: str, cursor: int, limit: int) -> tuple[bytes, int, int, bool]:
+def render_warnings_page(services: Services, run_id: str, cursor: int, limit: int) -> tuple[bytes, int, int, bool]:
+    """The page after `cursor` as JSON, with the newest seq when it was read, the new cursor and whether it has items."""
     items, latest_now, new_cursor = _page(services, run_id, cursor, limit)
     body = json.dumps(WarningPage(items=[WarningOut.model_validate(w) for w in items], cursor=str(new_cursor)).model_dump(mode="json")).encode()
     return body, latest_now, new_cursor, bool(items)

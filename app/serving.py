@@ -54,14 +54,22 @@ def _run(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> 
     return 0 if server.started else _STARTUP_FAILED
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host.strip("[]"), port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+def _listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    family, address = socket.AF_INET6 if ":" in host else socket.AF_INET, host.strip("[]")
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # a port in use fails here, as with one process
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((address, port))
+        port = probe.getsockname()[1]
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    return sockets
 
 
 def _api_process(settings_json: str, sock: socket.socket, supervisor: int) -> None:
@@ -85,13 +93,16 @@ def _serve_processes(settings: Settings, services: Services) -> int:
     from .observability import configure_logging
 
     configure_logging(settings.log_level)
+    try:
+        sockets = _listening_sockets(settings.host, settings.port, settings.api_processes)
+    except OSError as exc:
+        log.error(f"cannot listen on {settings.host}:{settings.port}: {exc}")
+        return 1
+    port = sockets[0].getsockname()[1]
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="weightscope-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any process that counts is started
-    first = _listening_socket(settings.host, settings.port)
-    port = first.getsockname()[1]
-    sockets = [first] + [_listening_socket(settings.host, port) for _ in range(settings.api_processes - 1)]
     payload = settings.model_dump_json()
     context = mp.get_context("spawn")
 

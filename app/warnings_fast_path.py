@@ -3,10 +3,10 @@ from WarningPages without FastAPI's routing, dependency solving and validation, 
 
 It answers only what it can answer exactly as the route would: an authorised request with well-formed `since` and
 `limit` and no `wait` (or `wait=0`), for a run that exists: a 304 for a matching If-None-Match, else the page,
-rendered once per burst by the same code as the route's when it is not cached. Everything else (unknown run, bad
-parameter, missing or rejected key, long-poll) goes on to the route, which answers it in its own words. It sits
-inside RequestContext, so request ids, the access log and the metrics (under the route's template) are the same
-as for the route."""
+rendered once per burst by the same code as the route's when it is not cached; the route's 401 (auth.check_key)
+and 404 problems for a missing or rejected key and an unknown run. Everything else (a bad parameter, a long-poll)
+goes on to the route. It sits inside RequestContext, so request ids, the access log and the metrics (under the
+route's template) are the same as for the route."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from functools import partial
 from urllib.parse import parse_qsl
 
 from starlette._utils import get_route_path
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import problems
 from .auth import bearer_token, check_key
 from .problems import Problem
 from .routers import runs as runs_router
@@ -63,11 +65,11 @@ class WarningsFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             match = _PATH.fullmatch(get_route_path(scope))
-            if match and await self._answer(scope, send, match.group(1)):
+            if match and await self._answer(scope, receive, send, match.group(1)):
                 return
         await self.app(scope, receive, send)
 
-    async def _answer(self, scope: Scope, send: Send, run_id: str) -> bool:
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, run_id: str) -> bool:
         parameters = _parameters(scope["query_string"])
         if parameters is None:
             return False
@@ -90,13 +92,14 @@ class WarningsFastPath:
                 render = partial(runs_router.render_warnings_page, services, run_id, cursor, limit)
                 body, shown = await pages.page_async(run_id, cursor, limit, latest, render)
                 status, etag = 200, runs_router.warnings_etag(shown, cursor)
-        except Problem:
-            return False  # 401 or 404: the route says so in its own words
+        except Problem as problem:  # 401 or 404, in the words of the route's exception handler
+            scope["route"], scope["path_params"] = _ROUTE, {"run_id": run_id}
+            await problems.respond(Request(scope), problem)(scope, receive, send)
+            return True
         headers = [(b"etag", etag.encode("latin-1")), (b"cache-control", b"no-cache")]
         if status == 200:
             headers += [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
-        scope["route"] = _ROUTE
-        scope["path_params"] = {"run_id": run_id}
+        scope["route"], scope["path_params"] = _ROUTE, {"run_id": run_id}
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return True

@@ -38,8 +38,8 @@ def answered(monkeypatch) -> list[bool]:
     record: list[bool] = []
     original = WarningsFastPath._answer
 
-    async def spy(self, scope, send, run_id):
-        result = await original(self, scope, send, run_id)
+    async def spy(self, scope, receive, send, run_id):
+        result = await original(self, scope, receive, send, run_id)
         record.append(result)
         return result
 
@@ -98,19 +98,21 @@ def test_lean_path_answers_exactly_as_the_route(settings, answered):
                 assert answered == [True], (params, headers)
                 assert got.headers["x-request-id"]
 
-        # What the route has to judge: passed on, and answered as the route answers it.
-        passed_on = [
-            (url, {"since": "abc"}, 400), (url, {"since": "-1"}, 400), (url, {"limit": "0"}, 422), (url, {"limit": "1001"}, 422),
-            (url, {"limit": "abc"}, 422), (url, {"limit": "010"}, 200), (url, {"limit": ""}, 422), (url, {"wait": ""}, 422),
-            (url, {"wait": "31"}, 422), (url, {"wait": "0.2"}, 200), (url, [("since", "0"), ("since", "1")], 200),
-            ("/v1/runs/nope/warnings", {}, 404), ("/v1/runs/nope/warnings", {"since": "3"}, 404),
+        # An unknown run: the route's 404 problem. What the route has to judge: passed on, answered as it answers.
+        others = [
+            ("/v1/runs/nope/warnings", {}, 404, True), ("/v1/runs/nope/warnings", {"since": "3"}, 404, True),
+            (url, {"since": "abc"}, 400, False), (url, {"since": "-1"}, 400, False), (url, {"limit": "0"}, 422, False),
+            (url, {"limit": "1001"}, 422, False), (url, {"limit": "abc"}, 422, False), (url, {"limit": "010"}, 200, False),
+            (url, {"limit": ""}, 422, False), (url, {"wait": ""}, 422, False), (url, {"wait": "31"}, 422, False),
+            (url, {"wait": "0.2"}, 200, False), (url, [("since", "0"), ("since", "1")], 200, False),
+            ("/v1/runs/nope/warnings", {"since": "abc"}, 400, False), ("/v1/runs/nope/warnings", {"wait": "1"}, 404, False),
         ]
-        for path, params, status in passed_on:
+        for path, params, status, lean_answers in others:
             expected = _comparable(route.get(path, params=params))
             del answered[:]
             got = lean.get(path, params=params)
             assert got.status_code == status and _comparable(got) == expected, (path, params, got.text)
-            assert answered == [False], (path, params)
+            assert answered == [lean_answers], (path, params)
         assert lean.get("/v1/runs/nope/warnings").headers["content-type"] == "application/problem+json"
         assert lean.head(url).status_code == route.head(url).status_code == 405
         assert lean.get(url + "/").status_code == route.get(url + "/").status_code
@@ -160,22 +162,24 @@ def test_lean_path_request_id_and_metrics(client, answered):
 
 
 def test_lean_path_auth(settings, answered):
-    with TestClient(create_app(settings.model_copy(update={"api_keys": ["s3cret"]}))) as client:
+    keyed = settings.model_copy(update={"api_keys": ["s3cret"]})
+    with TestClient(create_app(keyed)) as client, TestClient(_route_only(keyed)) as route:
         auth = {"Authorization": "Bearer s3cret"}
         rid = _run_with_warnings(client, headers=auth)
         url = f"/v1/runs/{rid}/warnings"
         assert client.get(url, headers=auth).status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}, {"Authorization": "Bearer"},
                         {"Authorization": "bearer  wrong "}):
-            del answered[:]
-            r = client.get(url, headers=headers)
-            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
-            assert r.headers["content-type"] == "application/problem+json" and r.json()["type"] == "/problems/unauthorized"
-            assert answered == [False]
+            for path, params in ((url, {}), ("/v1/runs/nope/warnings", {}), (url, {"limit": "0"})):  # auth comes first
+                del answered[:]
+                r = client.get(path, params=params, headers=headers)
+                assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
+                assert r.headers["content-type"] == "application/problem+json" and r.json()["type"] == "/problems/unauthorized"
+                assert _comparable(r) == _comparable(route.get(path, params=params, headers=headers))
+                assert answered == [params == {}]
         del answered[:]
         assert client.get(url, headers={"Authorization": "bearer  s3cret "}).status_code == 200  # as HTTPBearer reads it
-        assert client.get("/v1/runs/nope/warnings").status_code == 401  # auth is judged before the run
-        assert answered == [True, False]
+        assert answered == [True]
 
     with TestClient(create_app(settings)) as client:  # a key created in the database, then revoked
         rid = _run_with_warnings(client)

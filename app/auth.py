@@ -53,16 +53,28 @@ class KeyRegistry:
         return found
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The key in an Authorization header, read as `bearer` (HTTPBearer with auto_error off) reads it: None when
+    the header is absent, malformed or of another scheme."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def check_key(registry: KeyRegistry, key: str | None) -> None:
+    """Raise the 401 problem unless `key` (None: no usable Authorization header) may use the API."""
+    unauthorized = {"WWW-Authenticate": "Bearer"}
+    if key is None:
+        if registry.auth_required():
+            raise Problem(401, "unauthorized", "this server requires an API key: send Authorization: Bearer <key>", headers=unauthorized)
+        return
+    if not registry.valid(key):
+        raise Problem(401, "unauthorized", "the API key is not valid or was revoked", headers=unauthorized)
+
+
 async def require_key(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     services: Services = Depends(get_services),
 ) -> None:
-    registry: KeyRegistry = request.app.state.keys
-    unauthorized = {"WWW-Authenticate": "Bearer"}
-    if credentials is None:
-        if registry.auth_required():
-            raise Problem(401, "unauthorized", "this server requires an API key: send Authorization: Bearer <key>", headers=unauthorized)
-        return
-    if not registry.valid(credentials.credentials):
-        raise Problem(401, "unauthorized", "the API key is not valid or was revoked", headers=unauthorized)
+    check_key(request.app.state.keys, credentials.credentials if credentials else None)

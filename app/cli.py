@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="migrate, then serve the API with embedded workers")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--processes", type=int, help="API processes serving the port (default: settings, 1)")
     sub.add_parser("migrate", help="bring the database schema up to date")
     sub.add_parser("worker", help="run one job worker in this process (for scale-out)")
     gc = sub.add_parser("gc", help="remove unreferenced blobs and stale staging files")
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("id")
     args = parser.parse_args(argv)
 
-    overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None))) if v is not None}
+    flags = {"host": "host", "port": "port", "processes": "api_processes"}
+    overrides = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None) is not None}
     settings = Settings(**overrides)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -42,17 +44,15 @@ def main(argv: list[str] | None = None) -> int:
 
     services = Services.from_settings(settings)
     if args.command == "serve":
-        import uvicorn
-
-        from .main import InsecureBinding, check_binding, create_app
+        from .main import InsecureBinding, check_binding
+        from .serving import serve
 
         try:
             check_binding(services)
         except InsecureBinding as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
-        return 0
+        return serve(settings, services)
     if args.command == "worker":
         from .jobs.worker import Worker
         from .observability import configure_logging

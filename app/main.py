@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 
 from fastapi import Depends, FastAPI
 
@@ -19,6 +19,7 @@ from .routers import architecture, checkpoints, health, jobs, runs, zoos
 from .runs import DetectorCache, RunEvents, WarningPages
 from .services import Services
 from .settings import Settings
+from .warnings_fast_path import WarningsFastPath
 from .zoos import LoadedMetanets
 
 log = logging.getLogger("weightscope")
@@ -53,7 +54,26 @@ def _gc_loop(services: Services, stop: threading.Event) -> None:
             return
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+@contextmanager
+def background_work(settings: Settings, services: Services):
+    """The embedded job executor and periodic garbage collection: one set per server, however many API processes
+    serve requests (with several, the process that supervises them runs it). Yields the executor."""
+    executor = EmbeddedExecutor(settings, settings.workers) if settings.workers > 0 else NoExecutor()
+    executor.start()
+    stop_gc = threading.Event()
+    gc_thread = threading.Thread(target=_gc_loop, args=(services, stop_gc), daemon=True, name="weightscope-gc")
+    gc_thread.start()
+    try:
+        yield executor
+    finally:
+        stop_gc.set()
+        executor.stop()
+        gc_thread.join(5)
+
+
+def create_app(settings: Settings | None = None, background: bool = True) -> FastAPI:
+    """The API. `background=False` for one of several API processes: jobs are then only enqueued here (the
+    supervising process's workers claim them) and garbage collection runs elsewhere."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
 
@@ -67,18 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.run_events = RunEvents()
         app.state.warning_pages = WarningPages()
         app.state.metanets = LoadedMetanets()
-        executor = EmbeddedExecutor(settings, settings.workers) if settings.workers > 0 else NoExecutor()
-        executor.start()
-        app.state.executor = executor
-        stop_gc = threading.Event()
-        gc_thread = threading.Thread(target=_gc_loop, args=(services, stop_gc), daemon=True, name="weightscope-gc")
-        gc_thread.start()
         try:
-            yield
+            with background_work(settings, services) if background else nullcontext(NoExecutor()) as executor:
+                app.state.executor = executor
+                yield
         finally:
-            stop_gc.set()
-            executor.stop()
-            gc_thread.join(5)
             services.close()
 
     app = FastAPI(
@@ -88,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(WarningsFastPath)  # inside RequestContext: same request ids, access log and metrics
     app.add_middleware(RequestContext)
     app.include_router(health.router)
     for router in (checkpoints.router, architecture.router, jobs.router, runs.router, zoos.router):

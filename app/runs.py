@@ -8,8 +8,10 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from functools import partial
 
 from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from metanets.detectors import DETECTORS, DetectorSet, Record, encode_value
 from storage import runs
@@ -68,12 +70,17 @@ class RunEvents:
 class WarningPages:
     """What dashboards poll, served from memory: each run's newest warning seq (re-read from the database at most
     every `ttl` seconds, at once after an ingest in this process) and rendered pages per (run, cursor, limit),
-    valid while that seq is unchanged. Another process's new warning shows within `ttl`."""
+    valid while that seq is unchanged. Another process's new warning shows within `ttl`.
+
+    The async methods read and render off the event loop, once for all the polls that need the same thing at the
+    same time: a burst of polls that finds the seq expired, or a page not rendered yet, waits on one query."""
 
     def __init__(self, ttl: float = 1.0, size: int = 4096):
         self.ttl, self.size = ttl, size
         self._newest: dict[str, tuple[int, float]] = {}
+        self._forgotten: dict[str, int] = {}  # run -> times forget() was called, so a read racing an ingest is not kept
         self._pages: OrderedDict[tuple[str, int, int], tuple[int, bytes, int, bool]] = OrderedDict()
+        self._flights: dict[tuple, asyncio.Future] = {}  # work under way in a thread, by what it computes
         self._lock = threading.Lock()
 
     def cached_newest(self, run_id: str) -> int | None:
@@ -84,15 +91,56 @@ class WarningPages:
         cached = self.cached_newest(run_id)
         if cached is not None:
             return cached
+        generation = self._forgotten.get(run_id, 0)
         with services.sessions() as session:
             latest = runs.newest_warning(session, run_id)
         if latest is None:
             raise not_found("run", run_id)
-        self._newest[run_id] = (latest, time.monotonic())
+        with self._lock:
+            if self._forgotten.get(run_id, 0) == generation:
+                self._newest[run_id] = (latest, time.monotonic())
         return latest
 
+    async def newest_async(self, services: Services, run_id: str) -> int:
+        cached = self.cached_newest(run_id)
+        if cached is not None:
+            return cached
+        return await self._once(("newest", run_id), partial(self.newest, services, run_id))
+
+    async def page_async(self, run_id: str, cursor: int, limit: int, latest: int, render) -> tuple[bytes, int]:
+        """The page's body and the newest seq it shows: cached, or `render()` -> (body, newest seq, new cursor,
+        has items), kept if it still shows `latest`."""
+        cached = self.get(run_id, cursor, limit, latest)
+        if cached is not None:
+            return cached[0], latest
+
+        def render_and_keep():
+            body, latest_now, new_cursor, has_items = render()
+            if latest_now == latest:
+                self.put(run_id, cursor, limit, latest, body, new_cursor, has_items)
+            return body, latest_now
+
+        return await self._once(("page", run_id, cursor, limit, latest), render_and_keep)
+
+    async def _once(self, key: tuple, work):
+        flight = self._flights.get(key)
+        if flight is None or flight.get_loop() is not asyncio.get_running_loop():
+            flight = asyncio.ensure_future(run_in_threadpool(work))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda done: self._landed(key, done))
+        return await asyncio.shield(flight)
+
+    def _landed(self, key: tuple, flight: asyncio.Future) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved, so a 404 whose waiters all left is not logged as never retrieved
+
     def forget(self, run_id: str) -> None:
-        self._newest.pop(run_id, None)
+        with self._lock:
+            self._forgotten[run_id] = self._forgotten.get(run_id, 0) + 1
+            self._newest.pop(run_id, None)
+        self._flights.pop(("newest", run_id), None)
 
     def get(self, run_id: str, cursor: int, limit: int, latest: int) -> tuple[bytes, int, bool] | None:
         with self._lock:

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2  # embedded job worker processes; 0 runs none (another process claims jobs)
+    api_processes: int = Field(1, ge=1)  # processes serving HTTP on the one port (`serve --processes`)
     job_lease_seconds: float = 60.0
     job_poll_seconds: float = 0.5
     gc_grace_seconds: float = 600.0

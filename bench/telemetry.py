@@ -2,10 +2,16 @@
 
 1. Ingestion: SpectralMonitor-shaped records (16 layers x 25 metrics, plus per-step loss and grad norm), posted in
    batches of 512 by `--writers` concurrent clients, each with its own run, for `--seconds`; every detector on.
-2. Polling: 100 dashboards each polling one run's warnings once a second, driven by `hey` (a real HTTP load
-   tool: `apt-get install hey`), plain and with If-None-Match; latency percentiles from hey's report.
+2. Polling: 100 dashboards each polling one run's warnings once a second, plain and with If-None-Match, driven
+   by real HTTP load tools; latency percentiles from their reports:
+   - burst: `hey -c 100 -q 1` (`apt-get install hey`) starts its 100 workers together, so the polls arrive in
+     bursts of 100 each second;
+   - spread: `wrk` (`apt-get install wrk`; skipped if absent) with each connection's first poll offset so that the
+     100 dashboards are spread evenly over the second, as independent dashboards are.
 
-    python bench/telemetry.py [--seconds 20] [--writers 2] [--dashboards 100]
+    python bench/telemetry.py [--seconds 20] [--writers 2] [--dashboards 100] [--processes 1]
+
+`--processes N` serves with N API processes (`weightscope-server serve --processes N`).
 """
 
 from __future__ import annotations
@@ -88,20 +94,59 @@ def hey(url: str, seconds: int, dashboards: int, headers: list[str]) -> dict:
             "p99_ms": latency.get("99"), "target_p99_ms": 50}
 
 
+SPREAD_LUA = """
+-- One connection per dashboard, each polling once a second; first polls spread evenly over the first second.
+local threads = 0
+function setup(thread)
+  thread:set("index", threads)
+  threads = threads + 1
+end
+function init(args)
+  per_thread, thread_count, sent = tonumber(args[1]), tonumber(args[2]), 0
+end
+function delay()
+  sent = sent + 1
+  if sent <= per_thread then
+    return math.floor(((sent - 1) * thread_count + index) * 1000 / (per_thread * thread_count))
+  end
+  return 1000
+end
+"""
+_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, seconds: int, dashboards: int, headers: list[str], script: Path) -> dict:
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed: apt-get install wrk"}
+    threads = 2
+    cmd = ["wrk", "-t", str(threads), "-c", str(dashboards), "-d", f"{seconds}s", "--latency", "-s", str(script)]
+    for header in headers:
+        cmd += ["-H", header]
+    out = subprocess.run(cmd + [url, "--", str(dashboards // threads), str(threads)], capture_output=True, text=True, check=True).stdout
+    latency = {m.group(1): float(m.group(2)) * _WRK_UNITS[m.group(3)] for m in re.finditer(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)$", out, re.M)}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "non_2xx_3xx": int(bad.group(1)) if bad else 0, "socket_errors": errors.group(1) if errors else None,
+            "p50_ms": latency.get("50"), "p90_ms": latency.get("90"), "p99_ms": latency.get("99"), "target_p99_ms": 50}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--dashboards", type=int, default=100)
+    parser.add_argument("--processes", type=int, default=1, help="API processes serving the port")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     if shutil.which("hey") is None:
         sys.exit("hey is not installed: apt-get install hey")
 
     work = Path(tempfile.mkdtemp(prefix="ws-bench-telemetry-", dir=args.workdir))
-    server = Server(work / "data")
+    server = Server(work / "data", env={"WEIGHTSCOPE_API_PROCESSES": str(args.processes)})
     try:
-        result = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(), "database": "sqlite (embedded default)"}}
+        result = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(), "database": "sqlite (embedded default)",
+                              "load_average_at_start": os.getloadavg()}, "api_processes": args.processes}
         result["ingestion"] = ingest = ingestion(server.url, args.seconds, args.writers)
         run_id = ingest["runs"][0]
         with httpx.Client(base_url=server.url) as client:  # give the polled run some warnings to return
@@ -114,6 +159,11 @@ def main() -> None:
         seconds = int(max(10, args.seconds))
         result["polling"] = hey(url, seconds, args.dashboards, [])
         result["polling_if_none_match"] = hey(url, seconds, args.dashboards, [f"If-None-Match: {etag}"])
+        script = work / "spread.lua"
+        script.write_text(SPREAD_LUA)
+        result["polling_spread"] = wrk(url, seconds, args.dashboards, [], script)
+        result["polling_spread_if_none_match"] = wrk(url, seconds, args.dashboards, [f"If-None-Match: {etag}"], script)
+        result["machine"]["load_average_at_end"] = os.getloadavg()
         print(json.dumps(result, indent=2))
     finally:
         server.close()

@@ -64,10 +64,10 @@ def free_port() -> int:
 class Server:
     """`weightscope-server serve` in its own process, with its peak RSS sampled every 10 ms."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None):
         self.port = free_port()
         env = {**os.environ, "WEIGHTSCOPE_DATA_DIR": str(data_dir), "WEIGHTSCOPE_WORKERS": "0",
-               "WEIGHTSCOPE_MAX_UPLOAD_BYTES": str(64 << 30), "PYTHONPATH": str(ROOT)}
+               "WEIGHTSCOPE_MAX_UPLOAD_BYTES": str(64 << 30), "PYTHONPATH": str(ROOT), **(env or {})}
         env.pop("WEIGHTSCOPE_DATABASE_URL", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

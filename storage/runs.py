@@ -97,7 +97,7 @@ def add_warnings(session: Session, run_id: str, warnings: Iterable[dict]) -> int
     if not rows:
         return 0
     statement = _insert(session, RunWarning).values(rows).on_conflict_do_nothing(index_elements=["run_id", "key"])
-    return session.execute(statement).rowcount
+    return len(session.execute(statement.returning(RunWarning.seq)).all())  # rowcount is -1 on PostgreSQL here
 
 
 def warnings_after(session: Session, run_id: str, cursor: int, limit: int) -> list[RunWarning]:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import time
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -195,10 +196,8 @@ async def get_warnings(
 ):
     pages: run_service.WarningPages = request.app.state.warning_pages
     cursor = _cursor(since)
-    latest = pages.cached_newest(run_id)
-    if latest is None:
-        latest = await run_in_threadpool(pages.newest, services, run_id)
-    unchanged = if_none_match == _etag(latest, cursor)
+    latest = await pages.newest_async(services, run_id)
+    unchanged = if_none_match == warnings_etag(latest, cursor)
     if wait > 0:
         has_items = latest > cursor
         if unchanged or not has_items:
@@ -206,26 +205,26 @@ async def get_warnings(
             _, newer, _ = await _wait_for_warnings(request, services, run_id, max(cursor, latest), 1, wait)
             if newer > latest:
                 pages.forget(run_id)
-                latest = await run_in_threadpool(pages.newest, services, run_id)
+                latest = await pages.newest_async(services, run_id)
                 unchanged = False
-    etag = _etag(latest, cursor)
+    etag = warnings_etag(latest, cursor)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if unchanged:
         return Response(status_code=304, headers=headers)
-    cached = pages.get(run_id, cursor, limit, latest)
-    if cached is None:
-        items, latest_now, new_cursor = await run_in_threadpool(_page, services, run_id, cursor, limit)
-        body = json.dumps(WarningPage(items=[WarningOut.model_validate(w) for w in items], cursor=str(new_cursor)).model_dump(mode="json")).encode()
-        if latest_now == latest:
-            pages.put(run_id, cursor, limit, latest, body, new_cursor, bool(items))
-        else:
-            headers["ETag"] = _etag(latest_now, cursor)
-    else:
-        body = cached[0]
+    body, latest_now = await pages.page_async(run_id, cursor, limit, latest, partial(render_warnings_page, services, run_id, cursor, limit))
+    if latest_now != latest:
+        headers["ETag"] = warnings_etag(latest_now, cursor)
     return Response(body, media_type="application/json", headers=headers)
 
 
-def _etag(latest: int, cursor: int) -> str:
+def render_warnings_page(services: Services, run_id: str, cursor: int, limit: int) -> tuple[bytes, int, int, bool]:
+    """The page after `cursor` as JSON, with the newest seq when it was read, the new cursor and whether it has items."""
+    items, latest_now, new_cursor = _page(services, run_id, cursor, limit)
+    body = json.dumps(WarningPage(items=[WarningOut.model_validate(w) for w in items], cursor=str(new_cursor)).model_dump(mode="json")).encode()
+    return body, latest_now, new_cursor, bool(items)
+
+
+def warnings_etag(latest: int, cursor: int) -> str:
     """The page for `since=cursor` changes only when the run's newest warning does."""
     return f'"w{latest}-c{cursor}"'
 

@@ -38,6 +38,7 @@ class TrainConfig:
     channels: int = 8  # UNF channels
     max_terms: int = 4000  # UNF basis guard (terms over all layers)
     grid: tuple[int, int, int] = (1, 3, 3)  # GMN kernel box (vector-mode graph)
+    pool_norm: bool = True  # GMN/UNF: BatchNorm on the pooled invariant features (configs without it: off)
     hints: dict | None = None  # passed to ``describe``
 
     @classmethod
@@ -130,15 +131,39 @@ def _build_model(config: dict) -> nn.Module:
         from .models.unf import UNF
 
         return UNF(config["entries"], out_dim, channels=t["channels"], layers=t["layers"], hidden=t["hidden"],
-                   max_terms=t["max_terms"])
+                   max_terms=t["max_terms"], pool_norm=t.get("pool_norm", False))
     from .models.gmn import GMN
 
-    return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"])
+    return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"],
+               pool_norm=t.get("pool_norm", False))
 
 
 def _forward(model, x):
     out = model(x)
     return out[0], out[1]
+
+
+def _recalibrate_batchnorm(model, batches) -> None:
+    """Set every BatchNorm's running statistics to the exact mean / variance over ``batches`` (precise BN).
+
+    The pooled features a BatchNorm standardises move while the metanet learns; running averages lag behind and,
+    divided by a small spread between checkpoints, make evaluation outputs far off. Recomputing them from the
+    training split with the current weights keeps evaluation consistent with training.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+        m.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for m, (momentum, training) in zip(norms, saved):
+        m.momentum = momentum
+        m.train(training)
 
 
 # ---- validation of the inputs ------------------------------------------------------------------------------------
@@ -270,6 +295,7 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+        _recalibrate_batchnorm(model, (feats.batch(order[a:a + 256], device) for a in range(0, len(order), 256)))
         _, val_loss = evaluate(val_idx)
         history.append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss})
         if progress:

@@ -143,6 +143,14 @@ def _forward(model, x):
     return out[0], out[1]
 
 
+def _chunks(order: list[int], size: int) -> list[list[int]]:
+    """``order`` in batches of ``size``; a last batch of one joins the one before (BatchNorm needs two)."""
+    out = [order[a:a + size] for a in range(0, len(order), size)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        out[-2] += out.pop()
+    return out
+
+
 def _recalibrate_batchnorm(model, batches) -> None:
     """Set every BatchNorm's running statistics to the exact mean / variance over ``batches`` (precise BN).
 
@@ -287,15 +295,14 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
         model.train()
         order = torch.tensor(train_idx)[torch.randperm(len(train_idx), generator=g)].tolist()
         total = 0.0
-        for a in range(0, len(order), cfg.batch_size):
-            idx = order[a:a + cfg.batch_size]
+        for idx in _chunks(order, cfg.batch_size):
             out, _ = _forward(model, feats.batch(idx, device))
             loss = loss_fn(out, y_model[idx].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-        _recalibrate_batchnorm(model, (feats.batch(order[a:a + 256], device) for a in range(0, len(order), 256)))
+        _recalibrate_batchnorm(model, (feats.batch(idx, device) for idx in _chunks(order, 256)))
         _, val_loss = evaluate(val_idx)
         history.append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss})
         if progress:

@@ -92,3 +92,4 @@ def fit(inits: torch.Tensor, images: torch.Tensor, steps: int, device: str = "cp
         theta = theta - lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
     with torch.no_grad():
         return theta.cpu(), _errors(theta, coords, target, w0).cpu()
+

@@ -154,7 +154,10 @@ def test_bad_recipes(bad):
 def test_cli_writes_zoo_and_prints_summary(tmp_path, capsys):
     from metanets.zoo.__main__ import main
 
-    main(["siren_digits", "--size", "2", "--seeds", "1", "--steps", "20", "--out", str(tmp_path)])
+    main(["siren_digits", "--size", "2", "--seeds", "1", "--steps", "20", "--w0", "8.5", "--resolution", "12",
+          "--out", str(tmp_path)])
     printed = json.loads(capsys.readouterr().out)
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    assert recipe["w0"] == 8.5 and recipe["resolution"] == 12
     assert printed["members"] == 2 and sum(printed["labels"]["digit_counts"].values()) == 2
     assert len(list((tmp_path / "members").glob("*.safetensors"))) == 2 and (tmp_path / "labels.json").exists()

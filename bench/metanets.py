@@ -150,6 +150,7 @@ def main(argv=None):
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--no-pool-norm", action="store_true",
                    help="no BatchNorm on the pooled invariant features (GMN, UNF, NFN): the behaviour before")
+    p.add_argument("--channels", type=int, default=4, help="UNF channels (the NFN peer always has 16)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="zoo generation processes")
     p.add_argument("--out", default="bench/out/metanets")
@@ -157,7 +158,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": 4, "weight_decay": 0.01,
+    hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": a.channels, "weight_decay": 0.01,
           "val_fraction": 0.15, "test_fraction": 0.15, "pool_norm": not a.no_pool_norm}
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "torch_threads": a.threads, "cuda": torch.cuda.is_available(),

@@ -54,6 +54,8 @@ class TrainConfig:
             v = getattr(cfg, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise MetanetError(f"hyperparameter {name!r} must be a positive integer, got {v!r}")
+        if not isinstance(cfg.pool_norm, bool):
+            raise MetanetError(f"hyperparameter 'pool_norm' must be true or false, got {cfg.pool_norm!r}")
         if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
             raise MetanetError(f"hyperparameter 'lr' must be positive, got {cfg.lr!r}")
         return cfg
@@ -147,12 +149,13 @@ def _chunks(order: list[int], size: int) -> list[list[int]]:
     """``order`` in batches of ``size``; a last batch of one joins the one before (BatchNorm needs two)."""
     out = [order[a:a + size] for a in range(0, len(order), size)]
     if len(out) > 1 and len(out[-1]) == 1:
-        out[-2] += out.pop()
+        last = out.pop()
+        out[-1] = out[-1] + last
     return out
 
 
 def _recalibrate_batchnorm(model, batches) -> None:
-    """Set every BatchNorm's running statistics to the exact mean / variance over ``batches`` (precise BN).
+    """Set every BatchNorm's running statistics to its batch statistics averaged over ``batches`` (precise BN).
 
     The pooled features a BatchNorm standardises move while the metanet learns; running averages lag behind and,
     divided by a small spread between checkpoints, make evaluation outputs far off. Recomputing them from the
@@ -235,6 +238,9 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train_idx, val_idx, test_idx = group_split(groups, cfg.val_fraction, cfg.test_fraction, seed)
+    if cfg.pool_norm and kind != "statnn" and len(train_idx) < 2:
+        raise MetanetError("pool_norm (BatchNorm over checkpoints) needs at least 2 training checkpoints; "
+                           "add checkpoints or set pool_norm to false")
     config = {"kind": kind, "target": target, "seed": seed, "train": asdict(cfg)}
     if target == "regression":
         y = torch.tensor([float(v) for v in labels])

@@ -22,7 +22,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from metanets import group_split, load_member, predict, train_metanet  # noqa: E402
-from metanets.training import classification_metrics, regression_metrics  # noqa: E402
+from metanets.training import (_chunks, _recalibrate_batchnorm, classification_metrics,  # noqa: E402
+                               regression_metrics)
 from metanets.zoo import ZooRecipe, generate_zoo  # noqa: E402
 from metanets.zoo.summary import label_summary  # noqa: E402
 
@@ -39,16 +40,21 @@ def _nfn_features(sds, stats):
 
 
 class NFNModel(nn.Module):
-    """NFN_NP (io_embed): NPLinear -> ReLU -> NPLinear -> ReLU -> NPPool -> MLP."""
+    """NFN_NP (io_embed): NPLinear -> ReLU -> NPLinear -> ReLU -> NPPool -> [BatchNorm] -> MLP.
 
-    def __init__(self, spec, out_dim, channels=16, hidden=64):
+    ``pool_norm`` standardises the pooled features over checkpoints, as GMN and UNF do with ``pool_norm`` (same
+    precise-BN recalibration each epoch), so the comparison is between layers, not between readout tricks.
+    """
+
+    def __init__(self, spec, out_dim, channels=16, hidden=64, pool_norm=True):
         super().__init__()
         from nfn.layers import NPLinear, NPPool, TupleOp
 
         self.body = nn.Sequential(NPLinear(spec, 1, channels, io_embed=True), TupleOp(nn.ReLU()),
                                   NPLinear(spec, channels, channels, io_embed=True), TupleOp(nn.ReLU()), NPPool(spec))
         n = NPPool.get_num_outs(spec) * channels
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+        self.head = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(n) if pool_norm else nn.Identity(),
+                                  nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
     def forward(self, ws):
         return self.head(self.body(ws))
@@ -74,19 +80,19 @@ def train_nfn(sds, labels, target, groups, hp, seed):
         yt, out_dim = torch.tensor([classes.index(v) for v in labels]), len(classes)
         loss_fn = nn.functional.cross_entropy
     spec = network_spec_from_wsfeat(_nfn_features(sds[:1], stats))
-    model = NFNModel(spec, out_dim, hidden=hp.get("hidden", 64))
+    model = NFNModel(spec, out_dim, hidden=hp.get("hidden", 64), pool_norm=hp.get("pool_norm", True))
     opt = torch.optim.AdamW(model.parameters(), lr=hp.get("lr", 1e-3), weight_decay=hp.get("weight_decay", 1e-5))
     feats = lambda idx: _nfn_features([sds[i] for i in idx], stats)  # noqa: E731
     g, best, best_loss, bad, start = torch.Generator().manual_seed(seed), None, float("inf"), 0, time.time()
     for _ in range(hp.get("epochs", 100)):
         model.train()
         order = torch.tensor(tr)[torch.randperm(len(tr), generator=g)].tolist()
-        for a in range(0, len(order), hp.get("batch_size", 32)):
-            idx = order[a:a + hp.get("batch_size", 32)]
+        for idx in _chunks(order, hp.get("batch_size", 32)):
             loss = loss_fn(model(feats(idx)), yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+        _recalibrate_batchnorm(model, (feats(idx) for idx in _chunks(order, 256)))
         model.eval()
         with torch.no_grad():
             val = float(loss_fn(model(feats(va)), yt[va]))
@@ -130,13 +136,21 @@ def _zoo(recipe, out, workers):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cnn-runs", type=int, default=286, help="x 7 checkpoints = 2,002 CNN checkpoints")
-    p.add_argument("--inr-images", type=int, default=334, help="x 3 seeds = 1,002 INRs")
+    p.add_argument("--inr-images", type=int, default=500, help="x --inr-seeds fits = 1,000 INRs (of 1,797 images)")
+    p.add_argument("--inr-seeds", type=int, default=2, help="INR fits per image (all on one side of the split)")
+    p.add_argument("--inr-w0", type=float, default=30 * 8 / 28,
+                   help="SIREN w0: DWSNets' 30 for 28x28, scaled to the 8x8 grid (30 * 8 / 28)")
+    p.add_argument("--inr-resolution", type=int, default=8, help="digits upsampled (bilinear) to this grid")
+    p.add_argument("--inr-steps", type=int, default=300, help="INR fitting steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", nargs="+", default=["statnn", "nfn", "unf", "gmn"])
     p.add_argument("--tasks", nargs="+", default=["cnn", "inr"])
     p.add_argument("--inr-shared-init", action="store_true", help="INR fits of one seed share their initialisation")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--no-pool-norm", action="store_true",
+                   help="no BatchNorm on the pooled invariant features (GMN, UNF, NFN): the behaviour before")
+    p.add_argument("--channels", type=int, default=4, help="UNF channels (the NFN peer always has 16)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="zoo generation processes")
     p.add_argument("--out", default="bench/out/metanets")
@@ -144,8 +158,8 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": 4, "weight_decay": 0.01,
-          "val_fraction": 0.15, "test_fraction": 0.15}
+    hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": a.channels, "weight_decay": 0.01,
+          "val_fraction": 0.15, "test_fraction": 0.15, "pool_norm": not a.no_pool_norm}
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "torch_threads": a.threads, "cuda": torch.cuda.is_available(),
                            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
@@ -154,7 +168,8 @@ def main(argv=None):
     tasks = {}
     for name, recipe, label, target in (
             ("cnn", ZooRecipe("small_cnn_digits", a.cnn_runs, seed=0), "test_accuracy", "regression"),
-            ("inr", ZooRecipe("siren_digits", a.inr_images, seed=0, shared_init=a.inr_shared_init), "digit",
+            ("inr", ZooRecipe("siren_digits", a.inr_images, seed=0, seeds=a.inr_seeds, steps=a.inr_steps,
+                              shared_init=a.inr_shared_init, w0=a.inr_w0, resolution=a.inr_resolution), "digit",
              "classification")):
         if name not in a.tasks:
             continue

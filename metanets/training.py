@@ -38,6 +38,7 @@ class TrainConfig:
     channels: int = 8  # UNF channels
     max_terms: int = 4000  # UNF basis guard (terms over all layers)
     grid: tuple[int, int, int] = (1, 3, 3)  # GMN kernel box (vector-mode graph)
+    pool_norm: bool = True  # GMN/UNF: BatchNorm on the pooled invariant features (configs without it: off)
     hints: dict | None = None  # passed to ``describe``
 
     @classmethod
@@ -53,6 +54,8 @@ class TrainConfig:
             v = getattr(cfg, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise MetanetError(f"hyperparameter {name!r} must be a positive integer, got {v!r}")
+        if not isinstance(cfg.pool_norm, bool):
+            raise MetanetError(f"hyperparameter 'pool_norm' must be true or false, got {cfg.pool_norm!r}")
         if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
             raise MetanetError(f"hyperparameter 'lr' must be positive, got {cfg.lr!r}")
         return cfg
@@ -130,15 +133,48 @@ def _build_model(config: dict) -> nn.Module:
         from .models.unf import UNF
 
         return UNF(config["entries"], out_dim, channels=t["channels"], layers=t["layers"], hidden=t["hidden"],
-                   max_terms=t["max_terms"])
+                   max_terms=t["max_terms"], pool_norm=t.get("pool_norm", False))
     from .models.gmn import GMN
 
-    return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"])
+    return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"],
+               pool_norm=t.get("pool_norm", False))
 
 
 def _forward(model, x):
     out = model(x)
     return out[0], out[1]
+
+
+def _chunks(order: list[int], size: int) -> list[list[int]]:
+    """``order`` in batches of ``size``; a last batch of one joins the one before (BatchNorm needs two)."""
+    out = [order[a:a + size] for a in range(0, len(order), size)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        last = out.pop()
+        out[-1] = out[-1] + last
+    return out
+
+
+def _recalibrate_batchnorm(model, batches) -> None:
+    """Set every BatchNorm's running statistics to its batch statistics averaged over ``batches`` (precise BN).
+
+    The pooled features a BatchNorm standardises move while the metanet learns; running averages lag behind and,
+    divided by a small spread between checkpoints, make evaluation outputs far off. Recomputing them from the
+    training split with the current weights keeps evaluation consistent with training.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+        m.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for m, (momentum, training) in zip(norms, saved):
+        m.momentum = momentum
+        m.train(training)
 
 
 # ---- validation of the inputs ------------------------------------------------------------------------------------
@@ -202,6 +238,9 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train_idx, val_idx, test_idx = group_split(groups, cfg.val_fraction, cfg.test_fraction, seed)
+    if cfg.pool_norm and kind != "statnn" and len(train_idx) < 2:
+        raise MetanetError("pool_norm (BatchNorm over checkpoints) needs at least 2 training checkpoints; "
+                           "add checkpoints or set pool_norm to false")
     config = {"kind": kind, "target": target, "seed": seed, "train": asdict(cfg)}
     if target == "regression":
         y = torch.tensor([float(v) for v in labels])
@@ -262,14 +301,14 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
         model.train()
         order = torch.tensor(train_idx)[torch.randperm(len(train_idx), generator=g)].tolist()
         total = 0.0
-        for a in range(0, len(order), cfg.batch_size):
-            idx = order[a:a + cfg.batch_size]
+        for idx in _chunks(order, cfg.batch_size):
             out, _ = _forward(model, feats.batch(idx, device))
             loss = loss_fn(out, y_model[idx].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+        _recalibrate_batchnorm(model, (feats.batch(idx, device) for idx in _chunks(order, 256)))
         _, val_loss = evaluate(val_idx)
         history.append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss})
         if progress:

@@ -67,7 +67,8 @@ class GMNBlock(nn.Module):
 class GMN(nn.Module):
     """Type embeddings, ``layers`` GMN blocks, an invariant readout and an equivariant per-edge head."""
 
-    def __init__(self, out_dim: int, edge_width: int, d: int = 64, layers: int = 4, max_layer: int = 64):
+    def __init__(self, out_dim: int, edge_width: int, d: int = 64, layers: int = 4, max_layer: int = 64,
+                 pool_norm: bool = False):
         super().__init__()
         self.max_layer = max_layer
         self.node_type, self.edge_type = nn.Embedding(len(NODE_TYPES), d), nn.Embedding(len(EDGE_TYPES), d)
@@ -77,6 +78,7 @@ class GMN(nn.Module):
         self.edge_value, self.edge_ksize = nn.Linear(edge_width, d), nn.Linear(3, d)
         self.blocks = nn.ModuleList(GMNBlock(d) for _ in range(layers))
         self.norm_v, self.norm_e = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.pool_norm = nn.BatchNorm1d(3 * d) if pool_norm else nn.Identity()  # see UNF: standardise over graphs
         self.readout = mlp(3 * d, d)
         self.out = nn.Linear(d, out_dim)
         self.edge_head = nn.Linear(d, edge_width)
@@ -102,5 +104,5 @@ class GMN(nn.Module):
         batch = data.batch if data.batch is not None else torch.zeros(len(v), dtype=torch.long, device=v.device)
         edge_batch = batch[data.edge_index[0]]
         pooled = torch.cat([global_mean_pool(v, batch), global_max_pool(v, batch), global_mean_pool(e, edge_batch)], 1)
-        emb = self.readout(pooled)
+        emb = self.readout(self.pool_norm(pooled))
         return self.out(emb), emb, self.edge_head(e)

@@ -154,7 +154,7 @@ class UNF(nn.Module):
     """Equivariant UNF layers with ReLU, invariant pooling (mean over permutable axes), then an MLP head."""
 
     def __init__(self, entries: list[dict], out_dim: int, channels: int = 8, layers: int = 3, hidden: int = 128,
-                 max_terms: int = 4000):
+                 max_terms: int = 4000, pool_norm: bool = False):
         super().__init__()
         self.slots = [Slot.from_entry(e["key"], e["shape"], e["symbols"]) for e in entries]
         size = basis_size(self.slots)
@@ -164,6 +164,9 @@ class UNF(nn.Module):
         widths = [1] + [channels] * layers
         self.layers = nn.ModuleList(UNFLayer(self.slots, a, b) for a, b in zip(widths, widths[1:]))
         pooled = sum(s.fixed * channels for s in self.slots)
+        # pool_norm: standardise the pooled features over checkpoints (BatchNorm), as StatNN does with its
+        # statistics; differences between checkpoints are small next to the spread inside one checkpoint.
+        self.pool_norm = nn.BatchNorm1d(pooled) if pool_norm else nn.Identity()
         self.head = nn.Sequential(nn.Linear(pooled, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.out = nn.Linear(hidden, out_dim)
 
@@ -175,5 +178,5 @@ class UNF(nn.Module):
             if i < len(self.layers) - 1:
                 xs = [torch.relu(x) for x in xs]
         pooled = torch.cat([x.flatten(1, -2).mean(1) if x.dim() > 2 else x for x in xs], dim=1)
-        emb = self.head(pooled)
+        emb = self.head(self.pool_norm(pooled))
         return self.out(emb), emb

@@ -33,12 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=3, help="INR: fits per image")
     p.add_argument("--steps", type=int, default=300, help="INR: fitting steps")
     p.add_argument("--shared-init", action="store_true", help="INR: fit s of every image starts from one init")
+    p.add_argument("--w0", type=float, default=30.0, help="INR: SIREN w0 (30 * 8 / 28 suits the 8x8 grid)")
+    p.add_argument("--resolution", type=int, default=8, help="INR: fit the digits upsampled to this grid")
     p.add_argument("--chunk", type=int, default=64, help="models trained at once")
     p.add_argument("--workers", type=int, default=1, help="processes, each training one chunk")
     a = p.parse_args(argv)
     extra = {"checkpoints": a.checkpoints} if a.checkpoints else {}
     recipe = ZooRecipe(a.kind, a.size, a.seed, seeds=a.seeds, steps=a.steps, chunk=a.chunk,
-                       shared_init=a.shared_init, **extra)
+                       shared_init=a.shared_init, w0=a.w0, resolution=a.resolution, **extra)
     start = time.time()
     members = generate_zoo(recipe, a.out, progress=_bar(start), workers=a.workers)
     print(json.dumps({"out": a.out, "members": len(members), "seconds": round(time.time() - start, 1),

@@ -50,14 +50,16 @@ def _inr_chunk(recipe: ZooRecipe, k: int, units: range):
     order, images, digits = digit_images(recipe.seed)
     pairs = [(i, s) for i in units for s in range(recipe.seeds)]
     key = (lambda i, s: (recipe.seed, 5, s)) if recipe.shared_init else (lambda i, s: (recipe.seed, 4, i, s))
-    inits = torch.stack([inr.initial_weights(_gen(*key(i, s))) for i, s in pairs])
-    thetas, errors = inr.fit(inits, images[[i for i, _ in pairs]], recipe.steps, device=_device())
+    inits = torch.stack([inr.initial_weights(_gen(*key(i, s)), recipe.w0) for i, s in pairs])
+    targets = inr.upsample(images[[i for i, _ in pairs]], recipe.resolution)
+    thetas, errors = inr.fit(inits, targets, recipe.steps, device=_device(), w0=recipe.w0)
+    convention = inr.convention(recipe.w0, recipe.resolution)
     items = []
     for (i, s), sd, err in zip(pairs, inr.LAYOUT.state_dicts(thetas), errors):
         mid = f"inr-i{i:05d}-s{s}"
-        meta = {"architecture": "siren_digits", "siren": inr.CONVENTION, "image_index": int(order[i]), "seed": s,
+        meta = {"architecture": "siren_digits", "siren": convention, "image_index": int(order[i]), "seed": s,
                 "shared_init": recipe.shared_init}
-        labels = {"digit": int(digits[i]), "mse": float(err)}
+        labels = {"digit": int(digits[i]), "mse": float(err), "psnr": float(inr.psnr(err))}
         items.append((ZooMember(mid, f"i{i:05d}", f"members/{mid}.safetensors", labels, meta), sd))
     return items
 

@@ -33,14 +33,22 @@ def _mlp_checkpoint():
 CHECKPOINTS = {"cnn": _cnn_checkpoint, "mlp": _mlp_checkpoint}
 
 
+def _random_pool_norm(model):
+    """pool_norm on, with running statistics that are not the identity (as after training)."""
+    model.pool_norm.running_mean.normal_()
+    model.pool_norm.running_var.uniform_(0.5, 2.0)
+    return model
+
+
 def _gmn():
     torch.manual_seed(1)
-    return GMN(out_dim=3, edge_width=9, d=16, layers=2).double().eval()
+    return _random_pool_norm(GMN(out_dim=3, edge_width=9, d=16, layers=2, pool_norm=True).double().eval())
 
 
 def _unf(desc):
     torch.manual_seed(2)
-    return UNF([asdict(e) for e in unf_spec(desc)], out_dim=3, channels=4, layers=2, hidden=16).double().eval()
+    return _random_pool_norm(UNF([asdict(e) for e in unf_spec(desc)], out_dim=3, channels=4, layers=2, hidden=16,
+                                 pool_norm=True).double().eval())
 
 
 def _gmn_run(model, desc, sd):

@@ -84,8 +84,50 @@ def test_bad_input(zoo):
         train_metanet("statnn", sds[:10], y[:8], "regression", groups[:10])
     with pytest.raises(MetanetError, match="unknown hyperparameters"):
         train_metanet("statnn", sds[:10], y[:10], "regression", groups[:10], {"epoch": 3})
+    with pytest.raises(MetanetError, match="pool_norm"):
+        train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10], {"pool_norm": "yes"})
     with pytest.raises(MetanetError, match="unknown metanet kind"):
         train_metanet("nfn", sds[:10], y[:10], "regression", groups[:10])
     with pytest.raises(MetanetError, match="groups"):
         train_metanet("statnn", sds[:6], y[:6], "regression", ["r0"] * 6)
     assert issubclass(MetanetError, ValueError)
+
+
+@pytest.mark.parametrize("kind", ["unf", "gmn"])
+def test_pool_norm_off_and_configs_saved_before_it(zoo, kind):
+    """pool_norm false builds no BatchNorm; a config saved before the field existed loads as pool_norm off."""
+    sds, y, groups = zoo
+    m = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1, "pool_norm": False}, seed=0)
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in m.model.modules())
+    config = json.loads(json.dumps(m.config))
+    del config["train"]["pool_norm"]
+    old = load_metanet(config, m.state_dict())
+    assert predict(old, sds[:4])[0] == predict(m, sds[:4])[0]
+    on = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1}, seed=0)
+    assert on.config["train"]["pool_norm"] is True
+    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in on.model.modules()) == 1
+
+
+def test_batchnorm_batches_never_hold_one_checkpoint():
+    from metanets.training import _chunks
+
+    assert _chunks(list(range(65)), 32) == [list(range(32)), list(range(32, 65))]
+    assert _chunks(list(range(64)), 32) == [list(range(32)), list(range(32, 64))]
+    assert _chunks([7], 32) == [[7]]
+
+
+def test_precise_batchnorm_statistics():
+    """After recalibration the running statistics are the batch statistics averaged over all batches."""
+    from metanets.training import _recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).eval()
+    xs = [torch.randn(10, 3) * 5 + 2, torch.randn(7, 3) * 5 + 2]
+    _recalibrate_batchnorm(model, xs)
+    with torch.no_grad():
+        h = model[0](torch.cat(xs))
+    bn = model[1]
+    assert not bn.training and bn.momentum == 0.1
+    torch.testing.assert_close(bn.running_mean, (h[:10].mean(0) + h[10:].mean(0)) / 2, rtol=1e-5, atol=1e-5)
+    var = (h[:10].var(0) + h[10:].var(0)) / 2
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-5, atol=1e-5)

@@ -100,8 +100,52 @@ def test_inr_shared_initialisation(tmp_path):
     assert (c0 - d0).abs().max() > 1e-2
 
 
+def test_inr_upsampled_grid_and_lower_w0(tmp_path):
+    """resolution 16 with w0 = 30 * 16 / 28: the INR reconstructs the bilinear 16x16 upsample to >= 40 dB PSNR
+    within the default 300 steps, and its metadata says which grid, target and w0 it was fitted with."""
+    recipe = ZooRecipe("siren_digits", size=2, seed=2, seeds=1, w0=30 * 16 / 28, resolution=16)
+    members = generate_zoo(recipe, tmp_path)
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for m in members:
+        conv = m.meta["siren"]
+        assert conv["w0_first"] == conv["w0_hidden"] == pytest.approx(30 * 16 / 28) and conv["resolution"] == 16
+        assert "16x16" in conv["coordinates"] and "upsampled" in conv["target"]
+        sd = load_member(tmp_path, m)
+        theta = torch.cat([sd[k].reshape(-1) for k in inr.LAYOUT.shapes])
+        image = torch.tensor(d.images[m.meta["image_index"]], dtype=torch.float32)[None] / 16
+        target = inr.upsample(image, 16)[0]
+        assert torch.equal(target[::15, ::15], image[0][::7, ::7]), "the grid's corners are the digit's corners"
+        recon = inr.siren(theta, inr.coordinates(16), w0=conv["w0_first"]).reshape(16, 16)
+        err = ((recon - target) ** 2).mean()
+        assert inr.psnr(err) >= 40 and m.labels["psnr"] == pytest.approx(float(inr.psnr(err)), abs=0.5)
+    default = generate_zoo(ZooRecipe("siren_digits", size=1, seed=2, seeds=1, steps=1), tmp_path / "default")
+    assert default[0].meta["siren"] == inr.CONVENTION and inr.CONVENTION["w0_first"] == 30.0
+    assert inr.CONVENTION["resolution"] == 8 and "8x8" in inr.CONVENTION["coordinates"]
+
+
+def test_recipe_fingerprint_keeps_zoos_made_before_w0_and_resolution(tmp_path):
+    """A zoo folder whose recipe.json predates the INR fields still resumes with the default recipe."""
+    recipe = ZooRecipe("siren_digits", size=2, seed=0, seeds=1, steps=5, chunk=1)
+    generate_zoo(ZooRecipe(**{**recipe.to_json(), "size": 1}), tmp_path)
+    old = {k: v for k, v in recipe.to_json().items() if k not in ("w0", "resolution")}
+    (tmp_path / "recipe.json").write_text(json.dumps({**old, "size": 1}))
+    assert len(generate_zoo(recipe, tmp_path)) == 2
+    with pytest.raises(MetanetError, match="different recipe"):
+        generate_zoo(ZooRecipe(**{**recipe.to_json(), "w0": 10.0}), tmp_path)
+    assert recipe.fingerprint() != ZooRecipe(**{**recipe.to_json(), "resolution": 16}).fingerprint()
+
+
 @pytest.mark.parametrize("bad", [dict(kind="resnets", size=3), dict(kind="small_cnn_digits", size=0),
-                                 dict(kind="small_cnn_digits", size=2, checkpoints=[3, 1])])
+                                 dict(kind="small_cnn_digits", size=2, checkpoints=[3, 1]),
+                                 dict(kind="siren_digits", size=2, w0=0), dict(kind="siren_digits", size=2, w0=-3.0),
+                                 dict(kind="siren_digits", size=2, w0="30"), dict(kind="siren_digits", size=2, w0=True),
+                                 dict(kind="siren_digits", size=2, w0=float("nan")),
+                                 dict(kind="siren_digits", size=2, resolution=4),
+                                 dict(kind="siren_digits", size=2, resolution=65),
+                                 dict(kind="siren_digits", size=2, resolution=16.0),
+                                 dict(kind="siren_digits", size=2, steps=0)])
 def test_bad_recipes(bad):
     with pytest.raises(MetanetError):
         ZooRecipe(**bad)
@@ -110,7 +154,10 @@ def test_bad_recipes(bad):
 def test_cli_writes_zoo_and_prints_summary(tmp_path, capsys):
     from metanets.zoo.__main__ import main
 
-    main(["siren_digits", "--size", "2", "--seeds", "1", "--steps", "20", "--out", str(tmp_path)])
+    main(["siren_digits", "--size", "2", "--seeds", "1", "--steps", "20", "--w0", "8.5", "--resolution", "12",
+          "--out", str(tmp_path)])
     printed = json.loads(capsys.readouterr().out)
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    assert recipe["w0"] == 8.5 and recipe["resolution"] == 12
     assert printed["members"] == 2 and sum(printed["labels"]["digit_counts"].values()) == 2
     assert len(list((tmp_path / "members").glob("*.safetensors"))) == 2 and (tmp_path / "labels.json").exists()

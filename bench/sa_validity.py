@@ -241,6 +241,8 @@ PRESETS = {
                         runs=_runs(jump_at=200, nonorm_lrs=(1.5e-2, 2e-2, 3e-2))),
     "cpu": Preset("cpu", GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=64), batch_size=16, steps=600, every=5,
                   corpus_bytes=2_000_000, threads=1, horizon=100, runs=_cpu_runs((0, 1, 2))),
+    "cpu-wide": Preset("cpu-wide", GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128), batch_size=16,
+                       steps=600, every=5, corpus_bytes=2_000_000, threads=1, horizon=100, runs=_cpu_runs((0,))),
     "full": Preset("full", GPTConfig(block_size=128, n_layer=4, n_head=8, n_embd=256), batch_size=32, steps=1500,
                    every=5, corpus_bytes=10_000_000, threads=8, horizon=200,
                    runs=_runs(jump_at=600, nonorm_lrs=(3e-3, 1e-2, 3e-2))),

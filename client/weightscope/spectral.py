@@ -9,6 +9,7 @@ pairs layer inputs with v1, ``space="output"`` pairs layer outputs with u1.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,219 @@ def top_singular(
     return TopSingular(sigma=sigma, u=u, v=v, iterations=iterations, residual=residual)
 
 
+# Lanczos: steps per cycle (the Krylov basis kept in memory; the cycle restarts from its Ritz vector), the steps
+# between convergence checks (each one an eigendecomposition of a small tridiagonal matrix and a host sync), and the
+# tolerance below which float32 cannot be trusted to resolve the residual
+_KRYLOV = 32
+_CHECK_EVERY = 4
+_FLOAT32_TOL = 1e-5
+
+
+def top_singular_batch(
+    weights: Sequence[torch.Tensor],
+    v0s: Sequence[torch.Tensor | None] | None = None,
+    *,
+    max_iters: int | Sequence[int] = 20,
+    tol: float = 1e-4,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    max_batch_bytes: int = 64 << 20,
+) -> list[TopSingular]:
+    """Top singular triples of many 2-D matrices at once: Lanczos on W^T W, all matrices in lockstep.
+
+    Each matrix gets at most ``max_iters`` products with W^T W (one budget, or one per matrix), warm-started from
+    ``v0s[i]`` when it is a finite non-zero vector of the right size (else from a random vector drawn from
+    ``generator``). Krylov bases of up to 32 vectors are kept fully reorthogonalised (then the iteration restarts from
+    its Ritz vector). The matrices of a batch are done when the relative residual ``|W^T W v - sigma^2 v| / sigma^2``
+    of every Ritz pair is at most ``tol`` (it bounds the angle between v and the true v1 by residual / relative gap
+    of sigma1^2 and sigma2^2), checked every 4 products. For the same number of products Lanczos is far more accurate
+    than power iteration when sigma1 and sigma2 are close, as they are in most trained layers. ``TopSingular.residual``
+    is that relative residual, ``iterations`` the products used.
+
+    Signs as in :func:`top_singular`: v is aligned with ``v0`` when one is given (continuous between steps), else its
+    largest entry is positive. ``dtype`` defaults to float64 for float64 weights or when ``tol`` is below float32's
+    reach (1e-5), else float32. A matrix with non-finite entries gives sigma inf (NaN when an entry is NaN), u NaN and
+    v its starting vector; a zero matrix gives sigma 0 and u 0. The products of same-shape matrices are batched (their
+    weights stacked, copied, in chunks of at most ``max_batch_bytes``; a matrix alone in its chunk is used in place).
+    """
+    n_mats = len(weights)
+    v0s = list(v0s) if v0s is not None else [None] * n_mats
+    budgets = [int(max_iters)] * n_mats if isinstance(max_iters, int) else [int(b) for b in max_iters]
+    if len(v0s) != n_mats or len(budgets) != n_mats:
+        raise ValueError("weights, v0s and max_iters must have the same length")
+    for w in weights:
+        if w.ndim != 2:
+            raise ValueError(f"expected 2-D matrices, got shape {tuple(w.shape)}")
+    dtypes = [dtype or (torch.float64 if w.dtype == torch.float64 or tol < _FLOAT32_TOL else torch.float32)
+              for w in weights]
+    starts: list[torch.Tensor] = []
+    for w, v0, dt in zip(weights, v0s, dtypes, strict=True):  # the generator is drawn in matrix order
+        n = w.shape[1]
+        if v0 is not None and v0.shape == (n,):
+            norm = float(torch.linalg.vector_norm(v0.detach()))
+            if math.isfinite(norm) and norm > 0:
+                starts.append(v0.detach().to(device=w.device, dtype=dt) / norm)
+                continue
+        v = torch.randn(n, generator=generator, dtype=dt, device="cpu").to(w.device)
+        starts.append(v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(dt).tiny))
+    order = sorted(range(n_mats), key=lambda i: (str(weights[i].device), str(dtypes[i]), budgets[i],
+                                                  tuple(weights[i].shape)))
+    results: list[TopSingular | None] = [None] * n_mats
+    batch: list[int] = []
+    for pos, i in enumerate(order):
+        batch.append(i)
+        nxt = order[pos + 1] if pos + 1 < n_mats else None
+        if nxt is not None and (weights[nxt].device, dtypes[nxt], budgets[nxt]) == (weights[i].device, dtypes[i],
+                                                                                     budgets[i]):
+            n_max = max(weights[j].shape[1] for j in [*batch, nxt])
+            if (len(batch) + 1) * (_KRYLOV + 4) * n_max * torch.finfo(dtypes[i]).bits // 8 <= max_batch_bytes:
+                continue
+        tops = _lanczos(
+            [weights[j] for j in batch], torch.stack([s for s in _padded([starts[j] for j in batch])]),
+            [v0s[j] for j in batch], dtypes[i], max(1, budgets[i]), tol, max_batch_bytes)
+        for j, top in zip(batch, tops, strict=True):
+            results[j] = top
+        batch = []
+    return results  # type: ignore[return-value]
+
+
+def _padded(vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Vectors zero-padded to the longest one's length."""
+    n_max = max(v.shape[0] for v in vectors)
+    return [v if v.shape[0] == n_max else torch.cat([v, v.new_zeros(n_max - v.shape[0])]) for v in vectors]
+
+
+def _lanczos(mats: list[torch.Tensor], start: torch.Tensor, v0s: list[torch.Tensor | None], dt: torch.dtype,
+             budget: int, tol: float, max_batch_bytes: int) -> list[TopSingular]:
+    """Top singular triples of ``mats`` (sorted by shape, one device) from unit start vectors ``start`` (B, n_max),
+    zero-padded past each matrix's input size; see :func:`top_singular_batch`."""
+    b, n_max = start.shape
+    tiny = torch.finfo(dt).tiny
+    # same-shape runs of matrices as stacked batches: (first row, last row + 1, W (g, m, n))
+    blocks: list[tuple[int, int, torch.Tensor]] = []
+    i = 0
+    while i < b:
+        j = i + 1
+        per = max(1, max_batch_bytes // max(1, mats[i].numel() * torch.finfo(dt).bits // 8))
+        while j < b and j - i < per and mats[j].shape == mats[i].shape:
+            j += 1
+        w = (mats[i].detach().to(dt).unsqueeze(0) if j == i + 1
+             else torch.stack([m.detach() for m in mats[i:j]]).to(dt))
+        blocks.append((i, j, w))
+        i = j
+    fro = torch.cat([torch.linalg.vector_norm(w, dim=(1, 2)) for _, _, w in blocks]).tolist()
+    bad = [not math.isfinite(f) or f == 0 for f in fro]
+    if any(bad):  # left out of the products (their rows stay zero); a lone matrix is only read, never written
+        blocks = [(lo, hi, w) for lo, hi, w in blocks if not all(bad[lo:hi])]
+        for lo, hi, w in blocks:
+            if any(bad[lo:hi]):
+                w[torch.tensor(bad[lo:hi], device=w.device)] = 0
+
+    def apply(q: torch.Tensor, running: list[bool]) -> torch.Tensor:  # W^T W q for every row of q (B, 1, n_max)
+        z = torch.zeros_like(q)
+        for (lo, hi, w), run in zip(blocks, running, strict=True):
+            if run:  # a block whose matrices have all converged is not multiplied any more
+                n = w.shape[2]
+                z[lo:hi, :, :n] = torch.bmm(torch.bmm(q[lo:hi, :, :n], w.transpose(1, 2)), w)
+        return z
+
+    iterations = 0
+    residual = torch.full((b,), float("inf"), dtype=torch.float64)
+    q = start.unsqueeze(1)  # (B, 1, n_max): row vectors, so that every product is one batched matrix multiply
+    dims = torch.tensor([m.shape[1] for m in mats], device=q.device).view(b, 1, 1)
+    scale = q.new_zeros(b, 1, 1)
+    cut = torch.finfo(dt).eps ** 0.5
+    while iterations < budget and blocks:
+        k = min(n_max, _KRYLOV, budget - iterations)
+        basis = q.new_zeros(b, k, n_max)
+        alphas = q.new_zeros(b, 1, k)
+        betas = q.new_zeros(b, 1, k)
+        lost = q.new_zeros(b, 1, k)
+        # a matrix with n columns has at most n Krylov vectors: past that its q is 0 and adds nothing
+        room = (dims > torch.arange(1, k + 1, device=q.device)).to(dt)  # (B, 1, k)
+        # matrices that have converged stop growing their Krylov space (q = 0), for the rest of this cycle
+        active = q.new_ones(b, 1, 1)
+        done = torch.zeros(b, dtype=torch.bool)
+        running = [True] * len(blocks)
+        y = None
+        for j in range(k):
+            basis[:, j:j + 1] = q
+            z = apply(q, running)
+            iterations += 1
+            prev = basis[:, :j + 1]
+            prev_t = prev.transpose(1, 2)
+            h = torch.bmm(z, prev_t)  # full reorthogonalisation, twice (classical Gram-Schmidt)
+            z = torch.baddbmm(z, h, prev, alpha=-1)
+            z = torch.baddbmm(z, torch.bmm(z, prev_t), prev, alpha=-1)
+            alpha = h[:, :, j:j + 1]
+            alphas[:, :, j:j + 1] = alpha
+            scale = torch.maximum(scale, alpha)  # W^T W is positive semi-definite: the largest alpha so far
+            norm = torch.linalg.vector_norm(z, dim=2, keepdim=True)
+            live = room[:, :, j:j + 1]
+            # a Krylov space invariant to within sqrt(eps) stops growing (z would be mostly rounding noise): its
+            # beta leaves T and counts in the residual, which stays honest
+            keep = live * (norm > cut * scale) * active
+            betas[:, :, j:j + 1] = norm * keep
+            lost[:, :, j:j + 1] = norm * (live - keep)
+            q = z * (keep / norm.clamp_min(tiny))
+            if (j + 1) % _CHECK_EVERY == 0 or j + 1 == k:
+                ab = torch.cat([alphas[:, 0, :j + 1], betas[:, 0, :j + 1], lost[:, 0, :j + 1]], dim=1).to(
+                    device="cpu", dtype=torch.float64)
+                off = ab[:, j + 1:2 * j + 1]
+                tri = torch.diag_embed(ab[:, :j + 1]) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+                theta, vecs = torch.linalg.eigh(tri)
+                y = vecs[:, :, -1]
+                # |W^T W Q y - theta Q y| = |beta_j y_j q_j+1 + sum of the left-out beta_i y_i q_i+1|
+                res2 = (ab[:, 2 * j + 1] * y[:, -1]) ** 2 + ((ab[:, 2 * j + 2:] * y) ** 2).sum(dim=1)
+                residual = res2.sqrt() / theta[:, -1].clamp_min(torch.finfo(torch.float64).tiny)
+                converged = residual <= tol
+                if bool(converged.all()) or iterations >= budget:
+                    basis = basis[:, :j + 1]
+                    break
+                new = converged & ~done
+                if bool(new.any()):  # their last beta leaves T for the residual's sum: both stay as they are
+                    rows = new.nonzero().squeeze(1).to(q.device)
+                    lost[rows, :, j] = betas[rows, :, j]
+                    betas[rows, :, j] = 0
+                    q[rows] = 0
+                    active[rows] = 0
+                    done |= new
+                    running = [not bool(done[lo:hi].all()) for lo, hi, _ in blocks]
+        assert y is not None
+        q = torch.bmm(y.to(device=q.device, dtype=dt).unsqueeze(1), basis)
+        q = q / torch.linalg.vector_norm(q, dim=2, keepdim=True).clamp_min(tiny)
+        if bool((residual <= tol).all()):
+            break
+    v = q.squeeze(1)
+    wv = [torch.bmm(q[lo:hi, :, :w.shape[2]], w.transpose(1, 2)).squeeze(1) for lo, hi, w in blocks]
+    ref = torch.stack(_padded([v0.detach().to(v) if v0 is not None and v0.shape == mats[i].shape[1:]
+                               else v.new_zeros(mats[i].shape[1]) for i, v0 in enumerate(v0s)]))
+    has_ref = torch.tensor([v0 is not None and v0.shape == m.shape[1:] for v0, m in zip(v0s, mats, strict=True)],
+                           device=v.device)
+    largest = v.gather(1, v.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+    flip = torch.where(has_ref, (v * ref).sum(dim=1) < 0, largest < 0)
+    v = v * (1.0 - 2.0 * flip.to(dt)).unsqueeze(1)
+    sign = (1.0 - 2.0 * flip.to(dt)).tolist()
+    us: list[torch.Tensor | None] = [None] * b
+    sigmas = [0.0] * b
+    for (lo, hi, _), block_wv in zip(blocks, wv, strict=True):
+        norms = torch.linalg.vector_norm(block_wv, dim=1, keepdim=True)
+        block_u = block_wv / norms.clamp_min(tiny)
+        for r, (u, s) in enumerate(zip(block_u, norms.squeeze(1).tolist(), strict=True)):
+            us[lo + r], sigmas[lo + r] = u * sign[lo + r], s
+    out = []
+    for i, m in enumerate(mats):
+        n = m.shape[1]
+        if bad[i]:
+            f = fro[i]
+            u = torch.zeros(m.shape[0], dtype=dt, device=v.device) if f == 0 else \
+                torch.full((m.shape[0],), float("nan"), dtype=dt, device=v.device)
+            out.append(TopSingular(f, u, start[i, :n], iterations, 0.0 if f == 0 else float("nan")))
+        else:
+            out.append(TopSingular(sigmas[i], us[i], v[i, :n], iterations, float(residual[i])))
+    return out
+
+
 def alignment(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """SA values: cosine of each row of ``x`` (n x d) with ``direction`` (d); no centering.
 
@@ -126,27 +340,62 @@ def sa_summary(
     sa_sign_diversity, sa_pos_frac (of counted values), sa_abs_mean, sa_count (counted values), sa_nonfinite (count),
     sa_q{NN} quantiles and sa_hist_{ii} fractions over ``hist_bins`` equal bins on [-1, 1] (all finite values).
     """
-    flat = sa.detach().reshape(-1).to(torch.float64)
-    finite = flat[torch.isfinite(flat)]
-    pos, n = sign_counts(finite, eps)
-    out: dict[str, float] = {
-        "sa_sign_diversity": 2.0 * min(pos, n - pos) / n if n else float("nan"),
-        "sa_pos_frac": pos / n if n else float("nan"),
-        "sa_abs_mean": float(finite.abs().mean()) if finite.numel() else float("nan"),
-        "sa_count": float(n),
-        "sa_nonfinite": float(flat.numel() - finite.numel()),
-    }
-    if finite.numel():
-        qs = torch.quantile(finite, torch.tensor(quantiles, dtype=torch.float64))
-        hist = torch.histc(finite.clamp(-1.0, 1.0), bins=hist_bins, min=-1.0, max=1.0) / finite.numel()
-    else:
-        qs = torch.full((len(quantiles),), float("nan"), dtype=torch.float64)
-        hist = torch.full((hist_bins,), float("nan"), dtype=torch.float64)
-    for q, val in zip(quantiles, qs.tolist(), strict=True):
-        out[quantile_name(q)] = val
-    for i, val in enumerate(hist.tolist()):
-        out[f"sa_hist_{i:02d}"] = val
-    return out
+    names = summary_names(quantiles, hist_bins)
+    return dict(zip(names, sa_summary_table([sa], eps=eps, quantiles=quantiles, hist_bins=hist_bins)[0].tolist(),
+                    strict=True))
+
+
+def summary_names(quantiles: tuple[float, ...] = DEFAULT_QUANTILES, hist_bins: int = DEFAULT_HIST_BINS) -> list[str]:
+    """The metric names of :func:`sa_summary`, in the column order of :func:`sa_summary_table`."""
+    return (["sa_sign_diversity", "sa_pos_frac", "sa_abs_mean", "sa_count", "sa_nonfinite"]
+            + [quantile_name(q) for q in quantiles] + [f"sa_hist_{i:02d}" for i in range(hist_bins)])
+
+
+def sa_summary_table(
+    sas: Sequence[torch.Tensor],
+    *,
+    eps: float = DEFAULT_EPS,
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES,
+    hist_bins: int = DEFAULT_HIST_BINS,
+) -> torch.Tensor:
+    """:func:`sa_summary` of many layers at once, without a host sync: a float64 tensor (layers x metrics), columns
+    as :func:`summary_names`, on the values' device. One sort of the padded values gives every quantile (linear
+    interpolation, as ``torch.quantile``); the histogram bins by ``torch.histc``'s rule."""
+    if not sas:
+        return torch.empty(0, len(summary_names(quantiles, hist_bins)), dtype=torch.float64)
+    flat = [s.detach().reshape(-1).to(torch.float64) for s in sas]
+    device = flat[0].device
+    lengths = torch.tensor([f.numel() for f in flat], dtype=torch.float64, device=device)
+    x = torch.nn.utils.rnn.pad_sequence([f.to(device) for f in flat], batch_first=True, padding_value=math.nan)
+    if x.shape[1] == 0:  # only empty layers: one NaN column keeps the gathers below in bounds
+        x = torch.full((len(flat), 1), math.nan, dtype=torch.float64, device=device)
+    finite = torch.isfinite(x)
+    n_finite = finite.sum(dim=1, dtype=torch.float64)
+    counted = finite & (x.abs() >= eps)
+    n = counted.sum(dim=1, dtype=torch.float64)
+    pos = (counted & (x > 0)).sum(dim=1, dtype=torch.float64)
+    nan = torch.full_like(n, math.nan)
+    sd = torch.where(n > 0, 2.0 * torch.minimum(pos, n - pos) / n, nan)
+    pos_frac = torch.where(n > 0, pos / n, nan)
+    values = torch.where(finite, x, 0.0)
+    abs_mean = torch.where(n_finite > 0, values.abs().sum(dim=1) / n_finite, nan)
+    # quantiles: non-finite values and padding sort to the end as +inf; each row's finite prefix is its sample
+    ordered = torch.where(finite, x, math.inf).sort(dim=1).values
+    q = torch.tensor(quantiles, dtype=torch.float64, device=device)
+    ranks = q.unsqueeze(0) * (n_finite - 1).clamp_min(0).unsqueeze(1)  # (layers, quantiles)
+    below = ranks.to(torch.long)
+    above = ranks.ceil().to(torch.long)
+    lo = ordered.gather(1, below)
+    hi = ordered.gather(1, above)
+    qs = torch.where(n_finite.unsqueeze(1) > 0, lo.lerp(hi, ranks - below), math.nan)
+    # histogram: bin = trunc((v + 1) * bins / 2) on values clamped to [-1, 1], the last bin closed (torch.histc)
+    clamped = values.clamp(-1.0, 1.0)
+    idx = ((clamped - (-1.0)) * hist_bins / 2.0).to(torch.long).clamp_max(hist_bins - 1)
+    counts = torch.zeros(len(flat), hist_bins, dtype=torch.float64, device=device)
+    counts.scatter_add_(1, idx, finite.to(torch.float64))
+    hist = torch.where(n_finite.unsqueeze(1) > 0, counts / n_finite.clamp_min(1).unsqueeze(1), math.nan)
+    head = torch.stack([sd, pos_frac, abs_mean, n, lengths - n_finite], dim=1)
+    return torch.cat([head, qs, hist], dim=1)
 
 
 def quantile_name(q: float) -> str:

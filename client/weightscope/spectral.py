@@ -106,18 +106,19 @@ def top_singular_batch(
     """Top singular triples of many 2-D matrices at once: Lanczos on W^T W, all matrices in lockstep.
 
     Each matrix gets at most ``max_iters`` products with W^T W (one budget, or one per matrix), warm-started from
-    ``v0s[i]`` when it is a finite non-zero vector of the right size (else from a random vector drawn from
+    ``v0s[i]`` when it is usable (finite, non-zero, of the matrix's input size; else from a random vector drawn from
     ``generator``). Krylov bases of up to 32 vectors are kept fully reorthogonalised (then the iteration restarts from
-    its Ritz vector). The matrices of a batch are done when the relative residual ``|W^T W v - sigma^2 v| / sigma^2``
-    of every Ritz pair is at most ``tol`` (it bounds the angle between v and the true v1 by residual / relative gap
-    of sigma1^2 and sigma2^2), checked every 4 products. For the same number of products Lanczos is far more accurate
-    than power iteration when sigma1 and sigma2 are close, as they are in most trained layers. ``TopSingular.residual``
-    is that relative residual, ``iterations`` the products used.
+    its Ritz vector). A matrix is done when the relative residual ``|W^T W v - sigma^2 v| / sigma^2`` of its Ritz
+    pair is at most ``tol`` (it bounds the angle between v and the true v1 by residual / relative gap of sigma1^2 and
+    sigma2^2), checked every 4 products; its products stop when all matrices of its shape are done. For the same
+    number of products Lanczos is far more accurate than power iteration when sigma1 and sigma2 are close, as they
+    are in most trained layers. ``TopSingular.residual`` is that relative residual, ``iterations`` the products used
+    by the batch.
 
-    Signs as in :func:`top_singular`: v is aligned with ``v0`` when one is given (continuous between steps), else its
-    largest entry is positive. ``dtype`` defaults to float64 for float64 weights or when ``tol`` is below float32's
-    reach (1e-5), else float32. A matrix with non-finite entries gives sigma inf (NaN when an entry is NaN), u NaN and
-    v its starting vector; a zero matrix gives sigma 0 and u 0. The products of same-shape matrices are batched (their
+    Signs as in :func:`top_singular`: v is aligned with a usable ``v0`` (continuous between steps), else its largest
+    entry is positive. ``dtype`` defaults to float64 for float64 weights or when ``tol`` is below float32's reach
+    (1e-5), else float32. A matrix with non-finite entries keeps its starting vector as v, with sigma = |W v| (inf or
+    NaN) and u = W v / sigma (NaN where W v is), as :func:`top_singular` does; a zero matrix gives sigma 0 and u 0. The products of same-shape matrices are batched (their
     weights stacked, copied, in chunks of at most ``max_batch_bytes``; a matrix alone in its chunk is used in place).
     """
     n_mats = len(weights)
@@ -130,51 +131,62 @@ def top_singular_batch(
             raise ValueError(f"expected 2-D matrices, got shape {tuple(w.shape)}")
     dtypes = [dtype or (torch.float64 if w.dtype == torch.float64 or tol < _FLOAT32_TOL else torch.float32)
               for w in weights]
-    starts: list[torch.Tensor] = []
-    for w, v0, dt in zip(weights, v0s, dtypes, strict=True):  # the generator is drawn in matrix order
-        n = w.shape[1]
-        if v0 is not None and v0.shape == (n,):
-            norm = float(torch.linalg.vector_norm(v0.detach()))
-            if math.isfinite(norm) and norm > 0:
-                starts.append(v0.detach().to(device=w.device, dtype=dt) / norm)
+    keys = [(str(w.device), str(dt), max(1, budget)) for w, dt, budget in zip(weights, dtypes, budgets, strict=True)]
+    order = sorted(range(n_mats), key=lambda i: (keys[i], tuple(weights[i].shape)))
+    batches: list[list[int]] = []
+    for i in order:  # one batch per device, dtype and budget, bounded in memory (Krylov basis of every matrix)
+        if batches and keys[batches[-1][0]] == keys[i]:
+            n_max = max(weights[i].shape[1], *(weights[j].shape[1] for j in batches[-1]))
+            if (len(batches[-1]) + 1) * (_KRYLOV + 4) * n_max * torch.finfo(dtypes[i]).bits // 8 <= max_batch_bytes:
+                batches[-1].append(i)
                 continue
-        v = torch.randn(n, generator=generator, dtype=dt, device="cpu").to(w.device)
-        starts.append(v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(dt).tiny))
-    order = sorted(range(n_mats), key=lambda i: (str(weights[i].device), str(dtypes[i]), budgets[i],
-                                                  tuple(weights[i].shape)))
+        batches.append([i])
+    # start vectors in matrix order, so that the generator is drawn as the per-matrix function would draw it
+    usable = _usable_starts(weights, v0s)
+    randoms = {i: torch.randn(weights[i].shape[1], generator=generator, dtype=dtypes[i])
+               for i in range(n_mats) if usable[i] is None}
     results: list[TopSingular | None] = [None] * n_mats
-    batch: list[int] = []
-    for pos, i in enumerate(order):
-        batch.append(i)
-        nxt = order[pos + 1] if pos + 1 < n_mats else None
-        if nxt is not None and (weights[nxt].device, dtypes[nxt], budgets[nxt]) == (weights[i].device, dtypes[i],
-                                                                                     budgets[i]):
-            n_max = max(weights[j].shape[1] for j in [*batch, nxt])
-            if (len(batch) + 1) * (_KRYLOV + 4) * n_max * torch.finfo(dtypes[i]).bits // 8 <= max_batch_bytes:
-                continue
-        tops = _lanczos(
-            [weights[j] for j in batch], torch.stack([s for s in _padded([starts[j] for j in batch])]),
-            [v0s[j] for j in batch], dtypes[i], max(1, budgets[i]), tol, max_batch_bytes)
+    for batch in batches:
+        i = batch[0]
+        starts = [usable[j] if usable[j] is not None else randoms[j] for j in batch]
+        tops = _lanczos([weights[j] for j in batch], starts, [usable[j] is not None for j in batch], dtypes[i],
+                        keys[i][2], tol, max_batch_bytes)
         for j, top in zip(batch, tops, strict=True):
             results[j] = top
-        batch = []
     return results  # type: ignore[return-value]
 
 
-def _padded(vectors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Vectors zero-padded to the longest one's length."""
-    n_max = max(v.shape[0] for v in vectors)
-    return [v if v.shape[0] == n_max else torch.cat([v, v.new_zeros(n_max - v.shape[0])]) for v in vectors]
+def _usable_starts(weights: Sequence[torch.Tensor], v0s: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Each v0 that is finite, non-zero and of its matrix's input size, else None (one host sync for all)."""
+    shaped = [i for i, (w, v0) in enumerate(zip(weights, v0s, strict=True))
+              if v0 is not None and v0.shape == (w.shape[1],)]
+    out: list[torch.Tensor | None] = [None] * len(weights)
+    if shaped:
+        vs = [v0s[i].detach() for i in shaped]  # type: ignore[union-attr]
+        device = vs[0].device
+        norms = torch.stack([torch.linalg.vector_norm(v).to(device=device, dtype=torch.float64) for v in vs]).tolist()
+        for i, v, norm in zip(shaped, vs, norms, strict=True):
+            if math.isfinite(norm) and norm > 0:
+                out[i] = v
+    return out
 
 
-def _lanczos(mats: list[torch.Tensor], start: torch.Tensor, v0s: list[torch.Tensor | None], dt: torch.dtype,
+def _lanczos(mats: list[torch.Tensor], starts: list[torch.Tensor], follow: list[bool], dt: torch.dtype,
              budget: int, tol: float, max_batch_bytes: int) -> list[TopSingular]:
-    """Top singular triples of ``mats`` (sorted by shape, one device) from unit start vectors ``start`` (B, n_max),
-    zero-padded past each matrix's input size; see :func:`top_singular_batch`."""
-    b, n_max = start.shape
+    """Top singular triples of ``mats`` (sorted by shape, one device) from ``starts``; v keeps the sign of its start
+    where ``follow``, else its largest entry is positive. See :func:`top_singular_batch`."""
+    b = len(mats)
+    device = mats[0].device
+    dims = [m.shape[1] for m in mats]
+    n_max = max(dims)
     tiny = torch.finfo(dt).tiny
-    # same-shape runs of matrices as stacked batches: (first row, last row + 1, W (g, m, n))
-    blocks: list[tuple[int, int, torch.Tensor]] = []
+    # row vectors (B, 1, n_max), zero past each matrix's input size, so that every product is a batched matmul
+    start = torch.nn.utils.rnn.pad_sequence([s.to(device=device, dtype=dt) for s in starts], batch_first=True)
+    start = (start / torch.linalg.vector_norm(start, dim=1, keepdim=True).clamp_min(tiny)).unsqueeze(1)
+    # same-shape runs as stacked batches: (rows, W (g, m, n), W^T view, the rows' views of q and z)
+    q = start.clone()
+    z = torch.zeros_like(q)
+    blocks: list[tuple[slice, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     i = 0
     while i < b:
         j = i + 1
@@ -183,119 +195,102 @@ def _lanczos(mats: list[torch.Tensor], start: torch.Tensor, v0s: list[torch.Tens
             j += 1
         w = (mats[i].detach().to(dt).unsqueeze(0) if j == i + 1
              else torch.stack([m.detach() for m in mats[i:j]]).to(dt))
-        blocks.append((i, j, w))
+        n = dims[i]
+        blocks.append((slice(i, j), w, w.transpose(1, 2), q[i:j, :, :n], z[i:j, :, :n]))
         i = j
-    fro = torch.cat([torch.linalg.vector_norm(w, dim=(1, 2)) for _, _, w in blocks]).tolist()
-    bad = [not math.isfinite(f) or f == 0 for f in fro]
-    if any(bad):  # left out of the products (their rows stay zero); a lone matrix is only read, never written
-        blocks = [(lo, hi, w) for lo, hi, w in blocks if not all(bad[lo:hi])]
-        for lo, hi, w in blocks:
-            if any(bad[lo:hi]):
-                w[torch.tensor(bad[lo:hi], device=w.device)] = 0
-
-    def apply(q: torch.Tensor, running: list[bool]) -> torch.Tensor:  # W^T W q for every row of q (B, 1, n_max)
-        z = torch.zeros_like(q)
-        for (lo, hi, w), run in zip(blocks, running, strict=True):
-            if run:  # a block whose matrices have all converged is not multiplied any more
-                n = w.shape[2]
-                z[lo:hi, :, :n] = torch.bmm(torch.bmm(q[lo:hi, :, :n], w.transpose(1, 2)), w)
-        return z
-
-    iterations = 0
-    residual = torch.full((b,), float("inf"), dtype=torch.float64)
-    q = start.unsqueeze(1)  # (B, 1, n_max): row vectors, so that every product is one batched matrix multiply
-    dims = torch.tensor([m.shape[1] for m in mats], device=q.device).view(b, 1, 1)
-    scale = q.new_zeros(b, 1, 1)
     cut = torch.finfo(dt).eps ** 0.5
-    while iterations < budget and blocks:
+    bad = torch.zeros(b, 1, 1, dtype=torch.bool, device=device)  # matrices with non-finite products
+    dims_t = torch.tensor(dims, device=device).view(b, 1, 1)
+    iterations = 0
+    residual = torch.full((b,), math.inf, dtype=torch.float64)
+    y = torch.ones(b, 1, dtype=torch.float64)
+    basis = q
+    while iterations < budget:
         k = min(n_max, _KRYLOV, budget - iterations)
         basis = q.new_zeros(b, k, n_max)
-        alphas = q.new_zeros(b, 1, k)
-        betas = q.new_zeros(b, 1, k)
-        lost = q.new_zeros(b, 1, k)
-        # a matrix with n columns has at most n Krylov vectors: past that its q is 0 and adds nothing
-        room = (dims > torch.arange(1, k + 1, device=q.device)).to(dt)  # (B, 1, k)
-        # matrices that have converged stop growing their Krylov space (q = 0), for the rest of this cycle
-        active = q.new_ones(b, 1, 1)
+        # a matrix with n columns has at most n Krylov vectors (past that its q is 0 and adds nothing); a matrix that
+        # has converged stops growing its Krylov space for the rest of this cycle (its mask drops to 0)
+        masks = (dims_t > torch.arange(1, k + 1, device=device)).to(dt)  # (B, 1, k)
         done = torch.zeros(b, dtype=torch.bool)
-        running = [True] * len(blocks)
-        y = None
+        running = list(blocks)
+        scale = q.new_zeros(b, 1, 1)
+        alphas: list[torch.Tensor] = []
+        norms: list[torch.Tensor] = []
+        keeps: list[torch.Tensor] = []
         for j in range(k):
             basis[:, j:j + 1] = q
-            z = apply(q, running)
+            for _, w, wt, qv, zv in running:  # z = W^T W q for every matrix still running
+                torch.bmm(torch.bmm(qv, wt), w, out=zv)
+            if iterations == 0:  # a non-finite or zero product is left out (z = 0); the results are the start's
+                bad = (~torch.isfinite(z).all(dim=2, keepdim=True)) | (z == 0).all(dim=2, keepdim=True)
+            z.masked_fill_(bad, 0)
             iterations += 1
             prev = basis[:, :j + 1]
             prev_t = prev.transpose(1, 2)
             h = torch.bmm(z, prev_t)  # full reorthogonalisation, twice (classical Gram-Schmidt)
-            z = torch.baddbmm(z, h, prev, alpha=-1)
-            z = torch.baddbmm(z, torch.bmm(z, prev_t), prev, alpha=-1)
+            r = torch.baddbmm(z, h, prev, alpha=-1)
+            r = torch.baddbmm(r, torch.bmm(r, prev_t), prev, alpha=-1)
             alpha = h[:, :, j:j + 1]
-            alphas[:, :, j:j + 1] = alpha
             scale = torch.maximum(scale, alpha)  # W^T W is positive semi-definite: the largest alpha so far
-            norm = torch.linalg.vector_norm(z, dim=2, keepdim=True)
-            live = room[:, :, j:j + 1]
-            # a Krylov space invariant to within sqrt(eps) stops growing (z would be mostly rounding noise): its
+            norm = torch.linalg.vector_norm(r, dim=2, keepdim=True)
+            # a Krylov space invariant to within sqrt(eps) stops growing (r would be mostly rounding noise): its
             # beta leaves T and counts in the residual, which stays honest
-            keep = live * (norm > cut * scale) * active
-            betas[:, :, j:j + 1] = norm * keep
-            lost[:, :, j:j + 1] = norm * (live - keep)
-            q = z * (keep / norm.clamp_min(tiny))
-            if (j + 1) % _CHECK_EVERY == 0 or j + 1 == k:
-                ab = torch.cat([alphas[:, 0, :j + 1], betas[:, 0, :j + 1], lost[:, 0, :j + 1]], dim=1).to(
-                    device="cpu", dtype=torch.float64)
-                off = ab[:, j + 1:2 * j + 1]
-                tri = torch.diag_embed(ab[:, :j + 1]) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
-                theta, vecs = torch.linalg.eigh(tri)
-                y = vecs[:, :, -1]
-                # |W^T W Q y - theta Q y| = |beta_j y_j q_j+1 + sum of the left-out beta_i y_i q_i+1|
-                res2 = (ab[:, 2 * j + 1] * y[:, -1]) ** 2 + ((ab[:, 2 * j + 2:] * y) ** 2).sum(dim=1)
-                residual = res2.sqrt() / theta[:, -1].clamp_min(torch.finfo(torch.float64).tiny)
-                converged = residual <= tol
-                if bool(converged.all()) or iterations >= budget:
-                    basis = basis[:, :j + 1]
-                    break
-                new = converged & ~done
-                if bool(new.any()):  # their last beta leaves T for the residual's sum: both stay as they are
-                    rows = new.nonzero().squeeze(1).to(q.device)
-                    lost[rows, :, j] = betas[rows, :, j]
-                    betas[rows, :, j] = 0
-                    q[rows] = 0
-                    active[rows] = 0
-                    done |= new
-                    running = [not bool(done[lo:hi].all()) for lo, hi, _ in blocks]
-        assert y is not None
-        q = torch.bmm(y.to(device=q.device, dtype=dt).unsqueeze(1), basis)
-        q = q / torch.linalg.vector_norm(q, dim=2, keepdim=True).clamp_min(tiny)
+            keep = (norm > cut * scale) * masks[:, :, j:j + 1]
+            torch.mul(r, keep / norm.clamp_min(tiny), out=q)
+            alphas.append(alpha)
+            norms.append(norm)
+            keeps.append(keep)
+            if (j + 1) % _CHECK_EVERY and j + 1 < k:
+                continue
+            a_, n_, k_ = (torch.cat(t, dim=2).squeeze(1) for t in (alphas, norms, keeps))
+            m_ = masks[:, 0, :j + 1]
+            ab = torch.cat([a_, n_ * k_, n_ * (m_ - k_)], dim=1).to(device="cpu", dtype=torch.float64)
+            off = ab[:, j + 1:2 * j + 1]
+            tri = torch.diag_embed(ab[:, :j + 1]) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+            theta, vecs = torch.linalg.eigh(tri)
+            y = vecs[:, :, -1]
+            # |W^T W Q y - theta Q y| = |beta_j y_j q_j+1 + the left-out beta_i y_i q_i+1|
+            res2 = (ab[:, 2 * j + 1] * y[:, -1]) ** 2 + ((ab[:, 2 * j + 2:] * y) ** 2).sum(dim=1)
+            residual = res2.sqrt() / theta[:, -1].clamp_min(torch.finfo(torch.float64).tiny)
+            converged = residual <= tol
+            if bool(converged.all()) or iterations >= budget:
+                basis = basis[:, :j + 1]
+                break
+            new = converged & ~done
+            if bool(new.any()):  # their last beta leaves T for the residual's sum: both stay as they are
+                rows = new.nonzero().squeeze(1).to(device)
+                keep[rows] = 0
+                q[rows] = 0
+                masks[rows, :, j + 1:] = 0
+                done |= new
+                running = [blk for blk in blocks if not bool(done[blk[0]].all())]
+                for blk in blocks:
+                    if blk not in running:
+                        blk[4].zero_()
+        q.copy_(torch.bmm(y.to(device=device, dtype=dt).unsqueeze(1), basis))
+        q.div_(torch.linalg.vector_norm(q, dim=2, keepdim=True).clamp_min(tiny))
         if bool((residual <= tol).all()):
             break
-    v = q.squeeze(1)
-    wv = [torch.bmm(q[lo:hi, :, :w.shape[2]], w.transpose(1, 2)).squeeze(1) for lo, hi, w in blocks]
-    ref = torch.stack(_padded([v0.detach().to(v) if v0 is not None and v0.shape == mats[i].shape[1:]
-                               else v.new_zeros(mats[i].shape[1]) for i, v0 in enumerate(v0s)]))
-    has_ref = torch.tensor([v0 is not None and v0.shape == m.shape[1:] for v0, m in zip(v0s, mats, strict=True)],
-                           device=v.device)
+    v = torch.where(bad.squeeze(1), start.squeeze(1), q.squeeze(1))
+    # sign: follow the start vector (the previous step's v), else the largest entry positive
+    follow_t = torch.tensor(follow, device=device)
     largest = v.gather(1, v.abs().argmax(dim=1, keepdim=True)).squeeze(1)
-    flip = torch.where(has_ref, (v * ref).sum(dim=1) < 0, largest < 0)
-    v = v * (1.0 - 2.0 * flip.to(dt)).unsqueeze(1)
-    sign = (1.0 - 2.0 * flip.to(dt)).tolist()
-    us: list[torch.Tensor | None] = [None] * b
-    sigmas = [0.0] * b
-    for (lo, hi, _), block_wv in zip(blocks, wv, strict=True):
-        norms = torch.linalg.vector_norm(block_wv, dim=1, keepdim=True)
-        block_u = block_wv / norms.clamp_min(tiny)
-        for r, (u, s) in enumerate(zip(block_u, norms.squeeze(1).tolist(), strict=True)):
-            us[lo + r], sigmas[lo + r] = u * sign[lo + r], s
-    out = []
-    for i, m in enumerate(mats):
-        n = m.shape[1]
-        if bad[i]:
-            f = fro[i]
-            u = torch.zeros(m.shape[0], dtype=dt, device=v.device) if f == 0 else \
-                torch.full((m.shape[0],), float("nan"), dtype=dt, device=v.device)
-            out.append(TopSingular(f, u, start[i, :n], iterations, 0.0 if f == 0 else float("nan")))
-        else:
-            out.append(TopSingular(sigmas[i], us[i], v[i, :n], iterations, float(residual[i])))
-    return out
+    flip = torch.where(follow_t, (v * start.squeeze(1)).sum(dim=1) < 0, largest < 0)
+    v = v * (1 - 2 * flip.to(dt)).unsqueeze(1)
+    wvs = [torch.bmm(v[rows].unsqueeze(1)[:, :, :w.shape[2]], wt).squeeze(1) for rows, w, wt, _, _ in blocks]
+    sig = [torch.linalg.vector_norm(wv, dim=1, keepdim=True) for wv in wvs]
+    us = [wv / s.clamp_min(tiny) for wv, s in zip(wvs, sig, strict=True)]
+    sigmas = torch.cat(sig).squeeze(1).tolist() if sig else []
+    row_u: dict[int, torch.Tensor] = {}
+    row_sigma: dict[int, float] = {}
+    pos = 0
+    for (rows, *_), u in zip(blocks, us, strict=True):
+        for r in range(rows.start, rows.stop):
+            row_u[r], row_sigma[r] = u[r - rows.start], sigmas[pos]
+            pos += 1
+    residuals = torch.where(bad.view(-1).cpu(), math.nan, residual).tolist()
+    return [TopSingular(row_sigma[i], row_u[i], v[i, :n], iterations, 0.0 if row_sigma[i] == 0 else residuals[i])
+            for i, n in enumerate(dims)]
 
 
 def alignment(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:

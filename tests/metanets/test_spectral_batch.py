@@ -129,8 +129,12 @@ def test_degenerate_matrices_do_not_disturb_the_others():
     assert [t.v.dtype for t in tops] == [torch.float32] * len(ws)
     assert tops[0].sigma == pytest.approx(float(torch.linalg.svdvals(good.double())[0]), rel=1e-6)
     assert tops[1].sigma == 0.0 and not tops[1].u.any() and float(tops[1].v.norm()) == pytest.approx(1.0)
-    assert tops[2].sigma == math.inf and torch.isnan(tops[2].u).all() and torch.isfinite(tops[2].v).all()
-    assert math.isnan(tops[3].sigma)
+    assert tops[2].sigma == math.inf and torch.isnan(tops[2].u).any() and torch.isfinite(tops[2].v).all()
+    assert math.isnan(tops[3].sigma) and torch.isnan(tops[3].u).any()
+    for top, w in zip(tops[2:4], ws[2:4], strict=True):  # as the per-matrix function: v is the start, sigma = |W v|
+        ref = top_singular(w, top.v)
+        assert torch.allclose(ref.v, top.v.double(), atol=1e-6) and math.isnan(top.residual)
+        assert (ref.sigma == top.sigma == math.inf) or (math.isnan(ref.sigma) and math.isnan(top.sigma))
     for top, w in zip(tops[4:], ws[4:], strict=True):  # Krylov spaces exhausted early, in float32
         assert top.sigma == pytest.approx(float(torch.linalg.svdvals(w.double())[0]), rel=1e-5)
         assert _angle_error(top.v, w) < 1e-5

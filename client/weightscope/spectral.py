@@ -199,8 +199,7 @@ def _lanczos(mats: list[torch.Tensor], starts: list[torch.Tensor], follow: list[
         blocks.append((slice(i, j), w, w.transpose(1, 2), q[i:j, :, :n], z[i:j, :, :n]))
         i = j
     cut = torch.finfo(dt).eps ** 0.5
-    bad = torch.zeros(b, 1, 1, dtype=torch.bool, device=device)  # matrices with non-finite products
-    dims_t = torch.tensor(dims, device=device).view(b, 1, 1)
+    bad = torch.zeros(b, 1, 1, dtype=torch.bool, device=device)  # matrices with non-finite or zero products
     iterations = 0
     residual = torch.full((b,), math.inf, dtype=torch.float64)
     y = torch.ones(b, 1, dtype=torch.float64)
@@ -208,15 +207,18 @@ def _lanczos(mats: list[torch.Tensor], starts: list[torch.Tensor], follow: list[
     while iterations < budget:
         k = min(n_max, _KRYLOV, budget - iterations)
         basis = q.new_zeros(b, k, n_max)
-        # a matrix with n columns has at most n Krylov vectors (past that its q is 0 and adds nothing); a matrix that
-        # has converged stops growing its Krylov space for the rest of this cycle (its mask drops to 0)
-        masks = (dims_t > torch.arange(1, k + 1, device=device)).to(dt)  # (B, 1, k)
-        done = torch.zeros(b, dtype=torch.bool)
+        # Each matrix's Krylov space ends at its `stop` (the last basis index it keeps): at its input size (its
+        # Krylov vectors are then exhausted), when a beta falls to rounding level (sqrt(eps) of the largest alpha:
+        # an invariant subspace; the vector after it would be noise), or when it has converged. The beta after the
+        # stop leaves T but stays in the residual, which so stays honest; later steps of that matrix are zeroed out
+        # of T and, from the next check on, out of the products. Both rules are applied at the checks.
+        stop = torch.tensor([min(n, k) - 1 for n in dims])
+        stopped = torch.zeros(b, dtype=torch.bool)  # stop reached and acted on
+        ys = torch.zeros(b, k, dtype=torch.float64)
+        res = torch.full((b,), math.inf, dtype=torch.float64)
         running = list(blocks)
-        scale = q.new_zeros(b, 1, 1)
         alphas: list[torch.Tensor] = []
         norms: list[torch.Tensor] = []
-        keeps: list[torch.Tensor] = []
         for j in range(k):
             basis[:, j:j + 1] = q
             for _, w, wt, qv, zv in running:  # z = W^T W q for every matrix still running
@@ -230,43 +232,45 @@ def _lanczos(mats: list[torch.Tensor], starts: list[torch.Tensor], follow: list[
             h = torch.bmm(z, prev_t)  # full reorthogonalisation, twice (classical Gram-Schmidt)
             r = torch.baddbmm(z, h, prev, alpha=-1)
             r = torch.baddbmm(r, torch.bmm(r, prev_t), prev, alpha=-1)
-            alpha = h[:, :, j:j + 1]
-            scale = torch.maximum(scale, alpha)  # W^T W is positive semi-definite: the largest alpha so far
             norm = torch.linalg.vector_norm(r, dim=2, keepdim=True)
-            # a Krylov space invariant to within sqrt(eps) stops growing (r would be mostly rounding noise): its
-            # beta leaves T and counts in the residual, which stays honest
-            keep = (norm > cut * scale) * masks[:, :, j:j + 1]
-            torch.mul(r, keep / norm.clamp_min(tiny), out=q)
-            alphas.append(alpha)
+            torch.div(r, norm.clamp_min(tiny), out=q)
+            alphas.append(h[:, :, j:j + 1])
             norms.append(norm)
-            keeps.append(keep)
             if (j + 1) % _CHECK_EVERY and j + 1 < k:
                 continue
-            a_, n_, k_ = (torch.cat(t, dim=2).squeeze(1) for t in (alphas, norms, keeps))
-            m_ = masks[:, 0, :j + 1]
-            ab = torch.cat([a_, n_ * k_, n_ * (m_ - k_)], dim=1).to(device="cpu", dtype=torch.float64)
-            off = ab[:, j + 1:2 * j + 1]
-            tri = torch.diag_embed(ab[:, :j + 1]) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+            both = torch.cat([torch.cat(alphas, dim=2), torch.cat(norms, dim=2)], dim=1)
+            a_, n_ = both.to(device="cpu", dtype=torch.float64).unbind(1)  # (B, j + 1) each
+            idx = torch.arange(j + 1)
+            small = n_ <= cut * torch.cummax(a_, dim=1).values  # W^T W is positive semi-definite: alpha >= 0
+            first_small = torch.where(small, idx, k).min(dim=1).values
+            stop = torch.where(stopped, stop, torch.minimum(stop, first_small))
+            # the matrices still open before this check get their Ritz pair now (the others keep theirs)
+            rows = (~stopped).nonzero().squeeze(1)
+            last = torch.minimum(stop[rows], torch.tensor(j)).unsqueeze(1)
+            inside = idx <= last
+            diag = torch.where(inside, a_[rows], 0)
+            off = torch.where(idx[:-1] < last, n_[rows, :-1], 0)
+            tri = torch.diag_embed(diag) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
             theta, vecs = torch.linalg.eigh(tri)
-            y = vecs[:, :, -1]
-            # |W^T W Q y - theta Q y| = |beta_j y_j q_j+1 + the left-out beta_i y_i q_i+1|
-            res2 = (ab[:, 2 * j + 1] * y[:, -1]) ** 2 + ((ab[:, 2 * j + 2:] * y) ** 2).sum(dim=1)
-            residual = res2.sqrt() / theta[:, -1].clamp_min(torch.finfo(torch.float64).tiny)
-            converged = residual <= tol
-            if bool(converged.all()) or iterations >= budget:
+            ys[rows, :j + 1] = vecs[:, :, -1]
+            # |W^T W Q y - theta Q y| = beta_last * |y_last|: beta_j, or the beta after the stop
+            outside = n_[rows].gather(1, last).squeeze(1)
+            res[rows] = outside * ys[rows].gather(1, last).squeeze(1).abs() / theta[:, -1].clamp_min(
+                torch.finfo(torch.float64).tiny)
+            converged = res <= tol
+            stop = torch.where(converged & (stop > j), torch.tensor(j), stop)
+            newly = (stop <= j) & ~stopped
+            stopped |= newly
+            if bool(stopped.all()) or iterations >= budget:
                 basis = basis[:, :j + 1]
                 break
-            new = converged & ~done
-            if bool(new.any()):  # their last beta leaves T for the residual's sum: both stay as they are
-                rows = new.nonzero().squeeze(1).to(device)
-                keep[rows] = 0
-                q[rows] = 0
-                masks[rows, :, j + 1:] = 0
-                done |= new
-                running = [blk for blk in blocks if not bool(done[blk[0]].all())]
+            if bool(newly.any()):  # out of the products from now on
+                q[newly.nonzero().squeeze(1).to(device)] = 0
+                running = [blk for blk in blocks if not bool(stopped[blk[0]].all())]
                 for blk in blocks:
                     if blk not in running:
                         blk[4].zero_()
+        y, residual = ys[:, :basis.shape[1]], res
         q.copy_(torch.bmm(y.to(device=device, dtype=dt).unsqueeze(1), basis))
         q.div_(torch.linalg.vector_norm(q, dim=2, keepdim=True).clamp_min(tiny))
         if bool((residual <= tol).all()):

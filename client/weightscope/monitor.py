@@ -230,9 +230,14 @@ class SpectralMonitor:
         """SA of the (sampled) rows of ``x`` (..., d) with the tap's direction, added to the tap's values (the rows
         are read in place: no copy of the activations unless they are sampled or not float32)."""
         rows = self._sample(tap, x.detach().reshape(-1, x.shape[-1]))
-        if rows is not None:
-            direction = tap.direction.to(rows.device)  # type: ignore[union-attr]
-            self._keep(tap, _cosines(rows.to(torch.float32), direction))
+        if rows is None:
+            return
+        direction: torch.Tensor = tap.direction  # type: ignore[assignment]
+        if direction.device != rows.device:
+            direction = tap.direction = direction.to(rows.device)
+        sa = _cosines(rows if rows.dtype == torch.float32 else rows.float(), direction)
+        tap.chunks.append(sa)  # already within the tap's budget: the rows were sampled
+        tap.tokens += sa.numel()
 
     def _on_input(self, tap: _Tap, args: tuple[Any, ...]) -> None:
         if not args or not isinstance(args[0], torch.Tensor) or not self._active(tap.module):
@@ -315,8 +320,8 @@ class SpectralMonitor:
         for g in grads:
             groups.setdefault(g.device, []).append(g)
         device = grads[0].device
-        norms = [n.to(device=device, dtype=torch.float64) for group in groups.values() for n in _norms(group)]
-        return float(torch.linalg.vector_norm(torch.stack(norms)))
+        norms = torch.cat([_norms(group).to(device) for group in groups.values()])
+        return float(torch.linalg.vector_norm(norms))
 
     def _layer_records(self, s: int) -> list[dict[str, Any]]:
         taps = [tap for tap in self.taps if tap.chunks and tap.top is not None]
@@ -325,8 +330,7 @@ class SpectralMonitor:
             with torch.no_grad():
                 sas = [torch.cat(tap.chunks) if len(tap.chunks) > 1 else tap.chunks[0] for tap in taps]
                 table = sa_summary_table(sas, eps=self.eps, quantiles=self.quantiles, hist_bins=self.hist_bins)
-                weight_norms = torch.stack([n.to(device=table.device, dtype=torch.float64)
-                                            for n in _norms([tap.matrix().detach() for tap in taps])])
+                weight_norms = _norms([tap.matrix().detach() for tap in taps]).to(table.device)
                 sigmas = torch.tensor([tap.top.sigma for tap in taps], dtype=torch.float64)  # type: ignore[union-attr]
                 rows = torch.cat([table, sigmas.to(table.device).unsqueeze(1), weight_norms.unsqueeze(1)], dim=1)
             names = [*summary_names(self.quantiles, self.hist_bins), "sigma1", "weight_norm"]
@@ -359,13 +363,13 @@ def _cosines(rows: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     return torch.where(norms == 0, 0.0, dots / norms)  # non-finite inputs stay non-finite
 
 
-def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """L2 norms of tensors on one device, in float32 (float64 for float64 tensors; half-precision ones are upcast
-    while reduced), one fused kernel per dtype where torch has it."""
-    out: list[torch.Tensor | None] = [None] * len(tensors)
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norms of tensors on one device as one float64 vector, in order: reduced in float32 (float64 for float64
+    tensors; half-precision ones are upcast while reduced), one fused kernel per dtype where torch has it."""
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, t in enumerate(tensors):
         by_dtype.setdefault(t.dtype, []).append(i)
+    parts, order = [], []
     for dtype, idx in by_dtype.items():
         group = [tensors[i] for i in idx]
         wide = dtype in (torch.float32, torch.float64)
@@ -374,9 +378,12 @@ def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         except (AttributeError, TypeError, RuntimeError):  # older torch: one reduction per tensor
             norms = [torch.linalg.vector_norm(t) if wide else torch.linalg.vector_norm(t, dtype=torch.float32)
                      for t in group]
-        for i, n in zip(idx, norms, strict=True):
-            out[i] = n
-    return out  # type: ignore[return-value]
+        parts.append(torch.stack(list(norms)).to(torch.float64))
+        order += idx
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if order != sorted(order):
+        out = out[torch.tensor(order, device=out.device).argsort()]
+    return out
 
 
 def _conv_alignment(module: nn.Module, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

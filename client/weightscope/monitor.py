@@ -9,11 +9,12 @@ Usage (plain PyTorch)::
         opt.step(); opt.zero_grad()
     monitor.close()
 
-On a monitored step (step % every == 0) the hooks compute, for each monitored layer, the top singular vector of its
-weight (power iteration warm-started from the previous monitored step, sign kept continuous) and the SA value of every
-input token: at most ``max_tokens`` per layer and step, sampled uniformly from each forward while the budget
-lasts (under gradient accumulation the first micro-batches fill it). Other steps cost one Python call per hook.
-Only training-mode forwards are captured.
+On a monitored step (step % every == 0) the first captured forward computes the top singular vectors of all
+monitored weights at once (Lanczos, warm-started from the previous monitored step, sign kept continuous; see
+``top_singular_batch``), and each hook computes the SA value of every input token: at most ``max_tokens`` per layer and
+step, sampled uniformly from each forward while the budget lasts (under gradient accumulation the first micro-batches
+fill it). ``step()`` then summarises all layers in one batch with one host sync. Other steps cost one Python call
+per hook. Only training-mode forwards are captured.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import nn
 from .client import Run, WeightscopeClient, telemetry_record
 from .poster import TelemetryPoster
 from .spectral import (
-    DEFAULT_EPS, DEFAULT_HIST_BINS, DEFAULT_QUANTILES, TopSingular, alignment, sa_summary, top_singular,
+    DEFAULT_EPS, DEFAULT_HIST_BINS, DEFAULT_QUANTILES, TopSingular, sa_summary_table, summary_names, top_singular_batch,
 )
 
 log = logging.getLogger("weightscope")
@@ -58,6 +59,7 @@ class _Tap:
     mha_index: int = 0  # 0, 1, 2 = q, k, v slice of a packed MultiheadAttention in-projection
     prev_v: torch.Tensor | None = None
     top: TopSingular | None = None
+    direction: torch.Tensor | None = None  # this step's v1 (or u1 for space="output") as float32, for the hooks
     chunks: list[torch.Tensor] = field(default_factory=list)
     tokens: int = 0
 
@@ -77,6 +79,7 @@ class _Tap:
 
     def reset(self) -> None:
         self.top = None
+        self.direction = None
         self.chunks = []
         self.tokens = 0
 
@@ -91,6 +94,9 @@ class SpectralMonitor:
     slices of nn.MultiheadAttention (not its out_proj, whose input never leaves torch's attention function);
     ``include``/``exclude`` are regexes on module names; Linear layers whose weight
     is an nn.Embedding's weight (tied unembeddings) are skipped unless ``skip_tied_embeddings=False``.
+    ``power_iters`` bounds the products with W^T W per monitored step (``max(power_iters, 200)`` on a cold start) and
+    ``power_tol`` is the relative residual at which the singular vectors count as converged (see
+    ``weightscope.spectral.top_singular_batch``; below 1e-5 they are computed in float64).
     """
 
     def __init__(
@@ -106,7 +112,7 @@ class SpectralMonitor:
         hist_bins: int = DEFAULT_HIST_BINS,
         max_tokens: int = 4096,
         power_iters: int = 20,
-        power_tol: float = 1e-6,
+        power_tol: float = 1e-4,
         include: str | None = None,
         exclude: str | None = None,
         skip_tied_embeddings: bool = True,
@@ -138,6 +144,7 @@ class SpectralMonitor:
         self.poster = TelemetryPoster(client, run_id, **dict(poster_options or {}))
         self._generator = torch.Generator().manual_seed(seed)
         self._step = 0
+        self._tops_ready = False
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.taps: list[_Tap] = self._select(model, include, exclude, skip_tied_embeddings)
         for tap in self.taps:
@@ -186,13 +193,21 @@ class SpectralMonitor:
     def _active(self, module: nn.Module) -> bool:
         return self.capturing and module.training and torch.is_grad_enabled()
 
-    def _top(self, tap: _Tap) -> TopSingular:
-        """The step's top singular triple of the tap's matrix (computed once per step, warm-started)."""
-        if tap.top is None:
-            with torch.no_grad():
-                tap.top = top_singular(tap.matrix(), tap.prev_v, max_iters=self.power_iters if tap.prev_v is not None
-                                       else max(self.power_iters, 200), tol=self.power_tol, generator=self._generator)
-        return tap.top
+    def _ensure_tops(self) -> None:
+        """This step's top singular triples of every tap's matrix, all in one batched Lanczos run (warm-started from
+        the previous monitored step's vectors), computed at the step's first captured forward."""
+        if self._tops_ready:
+            return
+        with torch.no_grad():
+            tops = top_singular_batch(
+                [tap.matrix().detach() for tap in self.taps], [tap.prev_v for tap in self.taps],
+                max_iters=[self.power_iters if tap.prev_v is not None else max(self.power_iters, 200)
+                           for tap in self.taps],
+                tol=self.power_tol, generator=self._generator)
+        for tap, top in zip(self.taps, tops, strict=True):
+            tap.top = top
+            tap.direction = (top.u if self.space == "output" else top.v).to(torch.float32)
+        self._tops_ready = True
 
     def _sample(self, tap: _Tap, rows: torch.Tensor) -> torch.Tensor | None:
         """Rows (tokens, or SA values) sampled uniformly down to the tap's remaining budget for this step (None when
@@ -211,31 +226,39 @@ class SpectralMonitor:
             tap.chunks.append(sa)
             tap.tokens += sa.numel()
 
-    def _align_rows(self, tap: _Tap, x: torch.Tensor, direction: torch.Tensor) -> None:
-        """SA of the (sampled) rows of ``x`` (..., d) with ``direction``, added to the tap's values."""
+    def _align_rows(self, tap: _Tap, x: torch.Tensor) -> None:
+        """SA of the (sampled) rows of ``x`` (..., d) with the tap's direction, added to the tap's values (the rows
+        are read in place: no copy of the activations unless they are sampled or not float32)."""
         rows = self._sample(tap, x.detach().reshape(-1, x.shape[-1]))
-        if rows is not None:
-            self._keep(tap, alignment(rows.float(), direction.to(device=rows.device, dtype=torch.float32)))
+        if rows is None:
+            return
+        direction: torch.Tensor = tap.direction  # type: ignore[assignment]
+        if direction.device != rows.device:
+            direction = tap.direction = direction.to(rows.device)
+        sa = _cosines(rows if rows.dtype == torch.float32 else rows.float(), direction)
+        tap.chunks.append(sa)  # already within the tap's budget: the rows were sampled
+        tap.tokens += sa.numel()
 
     def _on_input(self, tap: _Tap, args: tuple[Any, ...]) -> None:
         if not args or not isinstance(args[0], torch.Tensor) or not self._active(tap.module):
             return
         with torch.no_grad():
+            self._ensure_tops()
             if tap.kind == "conv":
                 x = args[0].detach().float()
-                v = self._top(tap).v.to(device=x.device, dtype=torch.float32)
-                self._keep(tap, _conv_alignment(tap.module, x, v))
+                self._keep(tap, _conv_alignment(tap.module, x, tap.direction.to(x.device)))  # type: ignore[union-attr]
             else:
-                self._align_rows(tap, args[0], self._top(tap).v)
+                self._align_rows(tap, args[0])
 
     def _on_output(self, tap: _Tap, out: Any) -> None:
         if not isinstance(out, torch.Tensor) or not self._active(tap.module):
             return
         with torch.no_grad():
+            self._ensure_tops()
             y = out
             if tap.kind == "conv":  # channels last: (N, C, *spatial) or unbatched (C, *spatial)
                 y = y.movedim(1 if y.ndim == tap.module.weight.ndim else 0, -1)
-            self._align_rows(tap, y, self._top(tap).u)
+            self._align_rows(tap, y)
 
     def _on_mha(self, slices: list[_Tap], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self._active(slices[0].module):
@@ -243,17 +266,22 @@ class SpectralMonitor:
         names = ("query", "key", "value")
         inputs = [args[i] if i < len(args) else kwargs.get(names[i]) for i in range(3)]
         with torch.no_grad():
+            self._ensure_tops()
             for tap, x in zip(slices, inputs, strict=True):
                 if isinstance(x, torch.Tensor):
-                    self._align_rows(tap, x, self._top(tap).v)
+                    self._align_rows(tap, x)
 
     # -- step bookkeeping ------------------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
         """Declare the index of the step whose forwards follow (callbacks know it); drops stale captures."""
         if step != self._step:
-            for tap in self.taps:
-                tap.reset()
+            self._reset()
             self._step = int(step)
+
+    def _reset(self) -> None:
+        for tap in self.taps:
+            tap.reset()
+        self._tops_ready = False
 
     def step(self, loss: Any = None, *, step: int | None = None, grad_norm: float | None = None) -> None:
         """Finish a step: call after backward (gradients present). Sends the step's records if it is monitored.
@@ -274,8 +302,7 @@ class SpectralMonitor:
                 scalars["grad_norm"] = gn
             if scalars:
                 records.append(telemetry_record(s, STEP_LAYER, scalars))
-        for tap in self.taps:
-            tap.reset()
+        self._reset()
         if records:
             self.poster.enqueue(records)
         self._step = s + 1
@@ -289,21 +316,29 @@ class SpectralMonitor:
         grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return None
-        norms = torch.stack([torch.linalg.vector_norm(g.float()).to(grads[0].device) for g in grads])
+        groups: dict[torch.device, list[torch.Tensor]] = {}
+        for g in grads:
+            groups.setdefault(g.device, []).append(g)
+        device = grads[0].device
+        norms = torch.cat([_norms(group).to(device) for group in groups.values()])
         return float(torch.linalg.vector_norm(norms))
 
     def _layer_records(self, s: int) -> list[dict[str, Any]]:
+        taps = [tap for tap in self.taps if tap.chunks and tap.top is not None]
         records = []
-        for tap in self.taps:
-            if not tap.chunks or tap.top is None:
-                continue
-            sa = torch.cat([c.to("cpu") for c in tap.chunks])
-            metrics = sa_summary(sa, eps=self.eps, quantiles=self.quantiles, hist_bins=self.hist_bins)
-            metrics["sigma1"] = tap.top.sigma
+        if taps:
             with torch.no_grad():
-                metrics["weight_norm"] = float(torch.linalg.vector_norm(tap.matrix().detach().float()))
-            records.append(telemetry_record(s, tap.name, metrics))
-            tap.prev_v = tap.top.v if math.isfinite(tap.top.sigma) else tap.prev_v
+                sas = [torch.cat(tap.chunks) if len(tap.chunks) > 1 else tap.chunks[0] for tap in taps]
+                table = sa_summary_table(sas, eps=self.eps, quantiles=self.quantiles, hist_bins=self.hist_bins)
+                weight_norms = _norms([tap.matrix().detach() for tap in taps]).to(table.device)
+                sigmas = torch.tensor([tap.top.sigma for tap in taps], dtype=torch.float64)  # type: ignore[union-attr]
+                rows = torch.cat([table, sigmas.to(table.device).unsqueeze(1), weight_norms.unsqueeze(1)], dim=1)
+            names = [*summary_names(self.quantiles, self.hist_bins), "sigma1", "weight_norm"]
+            for tap, row in zip(taps, rows.tolist(), strict=True):  # the one host sync of the step's layer metrics
+                records.append(telemetry_record(s, tap.name, dict(zip(names, row, strict=True))))
+        for tap in self.taps:  # warm starts for the next monitored step
+            if tap.top is not None and math.isfinite(tap.top.sigma):
+                tap.prev_v = tap.top.v
         return records
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -319,6 +354,36 @@ class SpectralMonitor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cosines(rows: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """SA of each row of ``rows`` (n, d) with the unit vector ``direction``: ``alignment`` without its copies."""
+    dots = rows @ direction
+    norms = torch.linalg.vector_norm(rows, dim=1)
+    return torch.where(norms == 0, 0.0, dots / norms)  # non-finite inputs stay non-finite
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norms of tensors on one device as one float64 vector, in order: reduced in float32 (float64 for float64
+    tensors; half-precision ones are upcast while reduced), one fused kernel per dtype where torch has it."""
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    parts, order = [], []
+    for dtype, idx in by_dtype.items():
+        group = [tensors[i] for i in idx]
+        wide = dtype in (torch.float32, torch.float64)
+        try:
+            norms = torch._foreach_norm(group, 2) if wide else torch._foreach_norm(group, 2, dtype=torch.float32)
+        except (AttributeError, TypeError, RuntimeError):  # older torch: one reduction per tensor
+            norms = [torch.linalg.vector_norm(t) if wide else torch.linalg.vector_norm(t, dtype=torch.float32)
+                     for t in group]
+        parts.append(torch.stack(list(norms)).to(torch.float64))
+        order += idx
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if order != sorted(order):
+        out = out[torch.tensor(order, device=out.device).argsort()]
+    return out
 
 
 def _conv_alignment(module: nn.Module, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import MetanetError
+from .models.pooling import READOUTS
 from .splits import group_split
 from .weightspace import Describer, Standardizer, float_keys, signature
 
@@ -39,6 +40,7 @@ class TrainConfig:
     max_terms: int = 4000  # UNF basis guard (terms over all layers)
     grid: tuple[int, int, int] = (1, 3, 3)  # GMN kernel box (vector-mode graph)
     pool_norm: bool = True  # GMN/UNF: BatchNorm on the pooled invariant features (configs without it: off)
+    readout: str = "mean"  # GMN/UNF invariant pooling: "mean" or "stats" (see models/pooling.py)
     hints: dict | None = None  # passed to ``describe``
 
     @classmethod
@@ -56,6 +58,8 @@ class TrainConfig:
                 raise MetanetError(f"hyperparameter {name!r} must be a positive integer, got {v!r}")
         if not isinstance(cfg.pool_norm, bool):
             raise MetanetError(f"hyperparameter 'pool_norm' must be true or false, got {cfg.pool_norm!r}")
+        if cfg.readout not in READOUTS:
+            raise MetanetError(f"hyperparameter 'readout' must be one of {list(READOUTS)}, got {cfg.readout!r}")
         if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
             raise MetanetError(f"hyperparameter 'lr' must be positive, got {cfg.lr!r}")
         return cfg
@@ -133,11 +137,11 @@ def _build_model(config: dict) -> nn.Module:
         from .models.unf import UNF
 
         return UNF(config["entries"], out_dim, channels=t["channels"], layers=t["layers"], hidden=t["hidden"],
-                   max_terms=t["max_terms"], pool_norm=t.get("pool_norm", False))
+                   max_terms=t["max_terms"], pool_norm=t.get("pool_norm", False), readout=t.get("readout", "mean"))
     from .models.gmn import GMN
 
     return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"],
-               pool_norm=t.get("pool_norm", False))
+               pool_norm=t.get("pool_norm", False), readout=t.get("readout", "mean"))
 
 
 def _forward(model, x):

@@ -2,8 +2,10 @@
 
 Edges carry weights (a conv kernel per channel pair), nodes are neurons and bias / norm nodes. Each layer updates
 edges from their end nodes, then nodes from the mean of messages along in-edges and along out-edges (pre-norm
-residual blocks). Readout: mean and max over nodes plus mean over edges (invariant); a per-edge linear head gives
-one output per weight (equivariant), which ``graph_to_state_dict`` maps back to a state dict.
+residual blocks). Readout (invariant): mean and max over nodes plus mean over edges of the last block, or with
+``readout="stats"`` mean, std, max and min over nodes and over edges after the encoder and every block (jumping
+knowledge). A per-edge linear head gives one output per weight (equivariant), which ``graph_to_state_dict`` maps
+back to a state dict.
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import torch
 from torch import nn
 from torch_geometric.nn import MessagePassing, global_max_pool, global_mean_pool
 
+from ..errors import MetanetError
 from ..graph.types import EDGE_TYPES, NODE_TYPES
+from .pooling import READOUTS, STAT_COUNT, segment_stats
 
 
 def mlp(d_in: int, d: int) -> nn.Sequential:
@@ -68,9 +72,11 @@ class GMN(nn.Module):
     """Type embeddings, ``layers`` GMN blocks, an invariant readout and an equivariant per-edge head."""
 
     def __init__(self, out_dim: int, edge_width: int, d: int = 64, layers: int = 4, max_layer: int = 64,
-                 pool_norm: bool = False):
+                 pool_norm: bool = False, readout: str = "mean"):
         super().__init__()
-        self.max_layer = max_layer
+        if readout not in READOUTS:
+            raise MetanetError(f"unknown readout {readout!r} (known: {list(READOUTS)})")
+        self.max_layer, self.readout_kind = max_layer, readout
         self.node_type, self.edge_type = nn.Embedding(len(NODE_TYPES), d), nn.Embedding(len(EDGE_TYPES), d)
         self.layer = nn.Embedding(max_layer, d)
         self.index_freq = nn.Linear(1, d)  # sin features of an input/output neuron's fixed index
@@ -78,8 +84,9 @@ class GMN(nn.Module):
         self.edge_value, self.edge_ksize = nn.Linear(edge_width, d), nn.Linear(3, d)
         self.blocks = nn.ModuleList(GMNBlock(d) for _ in range(layers))
         self.norm_v, self.norm_e = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.pool_norm = nn.BatchNorm1d(3 * d) if pool_norm else nn.Identity()  # see UNF: standardise over graphs
-        self.readout = mlp(3 * d, d)
+        pooled = 3 * d if readout == "mean" else 2 * STAT_COUNT * d * (layers + 1)
+        self.pool_norm = nn.BatchNorm1d(pooled) if pool_norm else nn.Identity()  # see UNF: standardise over graphs
+        self.readout = mlp(pooled, d)
         self.out = nn.Linear(d, out_dim)
         self.edge_head = nn.Linear(d, edge_width)
         for emb in (self.node_type, self.edge_type, self.layer):  # small, so weight values are not drowned out
@@ -98,11 +105,17 @@ class GMN(nn.Module):
     def forward(self, data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(outputs (graphs, out_dim), embeddings (graphs, d), per-edge outputs (edges, edge_width))."""
         v, e = self.encode(data)
-        for block in self.blocks:
-            v, e = block(v, data.edge_index, e)
-        v, e = self.norm_v(v), self.norm_e(e)
         batch = data.batch if data.batch is not None else torch.zeros(len(v), dtype=torch.long, device=v.device)
-        edge_batch = batch[data.edge_index[0]]
-        pooled = torch.cat([global_mean_pool(v, batch), global_max_pool(v, batch), global_mean_pool(e, edge_batch)], 1)
-        emb = self.readout(self.pool_norm(pooled))
+        edge_batch, graphs = batch[data.edge_index[0]], int(batch.max()) + 1 if len(batch) else 0
+        stats = lambda v, e: [segment_stats(v, batch, graphs), segment_stats(e, edge_batch, graphs)]  # noqa: E731
+        pools = stats(v, e) if self.readout_kind == "stats" else []
+        for i, block in enumerate(self.blocks):
+            v, e = block(v, data.edge_index, e)
+            if i == len(self.blocks) - 1:
+                v, e = self.norm_v(v), self.norm_e(e)
+            if self.readout_kind == "stats":
+                pools += stats(v, e)
+        if self.readout_kind == "mean":
+            pools = [global_mean_pool(v, batch), global_max_pool(v, batch), global_mean_pool(e, edge_batch)]
+        emb = self.readout(self.pool_norm(torch.cat(pools, 1)))
         return self.out(emb), emb, self.edge_head(e)

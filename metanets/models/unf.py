@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import MetanetError
+from .pooling import READOUTS, STAT_COUNT, set_stats
 
 
 @dataclass(frozen=True)
@@ -151,11 +152,18 @@ class UNFLayer(nn.Module):
 
 
 class UNF(nn.Module):
-    """Equivariant UNF layers with ReLU, invariant pooling (mean over permutable axes), then an MLP head."""
+    """Equivariant UNF layers with ReLU, invariant pooling over permutable axes, then an MLP head.
+
+    ``readout="mean"`` pools the last layer's features by their mean; ``"stats"`` pools the input and every
+    layer's output (jumping knowledge) by mean, std, max and min.
+    """
 
     def __init__(self, entries: list[dict], out_dim: int, channels: int = 8, layers: int = 3, hidden: int = 128,
-                 max_terms: int = 4000, pool_norm: bool = False):
+                 max_terms: int = 4000, pool_norm: bool = False, readout: str = "mean"):
         super().__init__()
+        if readout not in READOUTS:
+            raise MetanetError(f"unknown readout {readout!r} (known: {list(READOUTS)})")
+        self.readout = readout
         self.slots = [Slot.from_entry(e["key"], e["shape"], e["symbols"]) for e in entries]
         size = basis_size(self.slots)
         if size * layers > max_terms:
@@ -163,7 +171,11 @@ class UNF(nn.Module):
                                f" (architecture has {len(self.slots)} tensors); use GMN or StatNN for it")
         widths = [1] + [channels] * layers
         self.layers = nn.ModuleList(UNFLayer(self.slots, a, b) for a, b in zip(widths, widths[1:]))
-        pooled = sum(s.fixed * channels for s in self.slots)
+        if readout == "mean":
+            pooled = sum(s.fixed * channels for s in self.slots)
+        else:
+            per_layer = lambda c: sum(s.fixed * c * (STAT_COUNT if s.symbols else 1) for s in self.slots)  # noqa: E731
+            pooled = per_layer(1) + layers * per_layer(channels)
         # pool_norm: standardise the pooled features over checkpoints (BatchNorm), as StatNN does with its
         # statistics; differences between checkpoints are small next to the spread inside one checkpoint.
         self.pool_norm = nn.BatchNorm1d(pooled) if pool_norm else nn.Identity()
@@ -173,10 +185,19 @@ class UNF(nn.Module):
     def forward(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``tensors[key]`` is (B, *entry shape); returns (outputs (B, out_dim), embeddings (B, hidden))."""
         xs = [s.fold(tensors[s.key].unsqueeze(-1)) for s in self.slots]
+        pools = [self._pool(xs)] if self.readout == "stats" else []
         for i, layer in enumerate(self.layers):
             xs = layer(xs)
             if i < len(self.layers) - 1:
                 xs = [torch.relu(x) for x in xs]
-        pooled = torch.cat([x.flatten(1, -2).mean(1) if x.dim() > 2 else x for x in xs], dim=1)
-        emb = self.head(self.pool_norm(pooled))
+            if self.readout == "stats":
+                pools.append(self._pool(xs))
+        if self.readout == "mean":
+            pools = [torch.cat([x.flatten(1, -2).mean(1) if x.dim() > 2 else x for x in xs], dim=1)]
+        emb = self.head(self.pool_norm(torch.cat(pools, dim=1)))
         return self.out(emb), emb
+
+    @staticmethod
+    def _pool(xs: list[torch.Tensor]) -> torch.Tensor:
+        """Every slot's features pooled over its permutable axes (slots without any pass through)."""
+        return torch.cat([set_stats(x.flatten(1, -2)) if x.dim() > 2 else x for x in xs], dim=1)

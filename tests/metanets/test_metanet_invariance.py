@@ -40,15 +40,19 @@ def _random_pool_norm(model):
     return model
 
 
-def _gmn():
+READOUTS = ("mean", "stats")
+
+
+def _gmn(readout):
     torch.manual_seed(1)
-    return _random_pool_norm(GMN(out_dim=3, edge_width=9, d=16, layers=2, pool_norm=True).double().eval())
+    return _random_pool_norm(GMN(out_dim=3, edge_width=9, d=16, layers=2, pool_norm=True, readout=readout)
+                             .double().eval())
 
 
-def _unf(desc):
+def _unf(desc, readout):
     torch.manual_seed(2)
     return _random_pool_norm(UNF([asdict(e) for e in unf_spec(desc)], out_dim=3, channels=4, layers=2, hidden=16,
-                                 pool_norm=True).double().eval())
+                                 pool_norm=True, readout=readout).double().eval())
 
 
 def _gmn_run(model, desc, sd):
@@ -67,14 +71,15 @@ def _unf_run(model, desc, sd):
 
 @pytest.fixture(scope="module")
 def nets():
-    return {name: (make(), _gmn()) for name, make in CHECKPOINTS.items()}
+    return {(name, r): (make(), _gmn(r)) for name, make in CHECKPOINTS.items() for r in READOUTS}
 
 
+@pytest.mark.parametrize("readout", READOUTS)
 @pytest.mark.parametrize("name", sorted(CHECKPOINTS))
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1))
-def test_gmn_invariant_and_edge_head_equivariant(nets, name, seed):
-    (desc, sd), model = nets[name]
+def test_gmn_invariant_and_edge_head_equivariant(nets, name, readout, seed):
+    (desc, sd), model = nets[name, readout]
     perms = random_symmetry(desc, torch.Generator().manual_seed(seed))
     permuted = apply_symmetry(desc, sd, perms)
     assert any(not torch.equal(permuted[k], sd[k]) for k in sd), "the symmetry must move something"
@@ -86,12 +91,13 @@ def test_gmn_invariant_and_edge_head_equivariant(nets, name, seed):
         torch.testing.assert_close(edges_p[k], expected[k], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("readout", READOUTS)
 @pytest.mark.parametrize("name", sorted(CHECKPOINTS))
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1))
-def test_unf_invariant(nets, name, seed):
-    (desc, sd), _ = nets[name]
-    model = _unf(desc)
+def test_unf_invariant(nets, name, readout, seed):
+    (desc, sd), _ = nets[name, readout]
+    model = _unf(desc, readout)
     permuted = apply_symmetry(desc, sd, random_symmetry(desc, torch.Generator().manual_seed(seed)))
     torch.testing.assert_close(_unf_run(model, desc, permuted), _unf_run(model, desc, sd), rtol=1e-9, atol=1e-9)
 
@@ -109,11 +115,12 @@ def _not_symmetries(name, sd):
     return out
 
 
+@pytest.mark.parametrize("readout", READOUTS)
 @pytest.mark.parametrize("name", sorted(CHECKPOINTS))
-def test_outputs_change_under_non_symmetries(nets, name):
+def test_outputs_change_under_non_symmetries(nets, name, readout):
     """A change far above the rounding noise of a true symmetry (untrained nets react weakly, but they react)."""
-    (desc, sd), gmn = nets[name]
-    unf = _unf(desc)
+    (desc, sd), gmn = nets[name, readout]
+    unf = _unf(desc, readout)
     symmetric = apply_symmetry(desc, sd, random_symmetry(desc, torch.Generator().manual_seed(0)))
     for net, run in ((gmn, lambda m, s: _gmn_run(m, desc, s)[0]), (unf, lambda m, s: _unf_run(m, desc, s))):
         base = run(net, sd)

@@ -70,7 +70,11 @@ def train_nfn(sds, labels, target, groups, hp, seed):
     for k in sds[0]:
         v = torch.stack([sds[i][k] for i in tr]).double()
         stats[k] = (float(v.mean()), float(v.std().clamp_min(1e-8)))
-    if target == "regression":
+    bce = target == "regression" and hp.get("loss") == "bce"
+    if bce:
+        yt, out_dim = torch.tensor(labels, dtype=torch.float32), 1
+        loss_fn = lambda o, t: nn.functional.binary_cross_entropy_with_logits(o[:, 0], t)  # noqa: E731
+    elif target == "regression":
         y = torch.tensor(labels, dtype=torch.float32)
         mu, sd = float(y[tr].mean()), float(y[tr].std())
         yt, out_dim = (y - mu) / sd, 1
@@ -110,7 +114,9 @@ def train_nfn(sds, labels, target, groups, hp, seed):
         out = model(feats(te))
     infer = len(te) / (time.time() - t0)
     if target == "regression":
-        m = regression_metrics(out[:, 0].double() * sd + mu, torch.tensor([labels[i] for i in te]).double())
+        pred = torch.sigmoid(out[:, 0].double()) if bce else out[:, 0].double() * sd + mu
+        m = regression_metrics(pred, torch.tensor([labels[i] for i in te]).double())
+        m["kendall_tau_above_chance"] = _tau_above_chance(pred, [labels[i] for i in te])
     else:
         m = classification_metrics(out.argmax(1), yt[te])
     return m, train_seconds, infer
@@ -118,12 +124,28 @@ def train_nfn(sds, labels, target, groups, hp, seed):
 
 # ---- the run ------------------------------------------------------------------------------------------------------
 
+CHANCE = 0.2  # digits have 10 classes: test accuracy below this is an untrained or dead network
+
+
+def _tau_above_chance(pred, true) -> float:
+    """Kendall tau on the test checkpoints whose true accuracy is above chance level (a diagnostic: below it,
+    labels are ties up to test-set noise and every model ranks them at random)."""
+    from scipy.stats import kendalltau
+
+    keep = [i for i, t in enumerate(true) if t >= CHANCE]
+    return float(kendalltau([float(pred[i]) for i in keep], [true[i] for i in keep]).statistic)
+
+
 def run_ours(kind, sds, labels, target, groups, hp, seed):
     m = train_metanet(kind, sds, labels, target, groups, hp, seed=seed)
     test_idx = group_split(groups, hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15), seed)[2]
     t0 = time.time()
-    predict(m, [sds[i] for i in test_idx])
-    return m.metrics["test"], m.metrics["train_seconds"], len(test_idx) / (time.time() - t0)
+    pred, _ = predict(m, [sds[i] for i in test_idx])
+    infer = len(test_idx) / (time.time() - t0)
+    metrics = dict(m.metrics["test"])
+    if target == "regression":
+        metrics["kendall_tau_above_chance"] = _tau_above_chance(pred, [labels[i] for i in test_idx])
+    return metrics, m.metrics["train_seconds"], infer
 
 
 def _zoo(recipe, out, workers):
@@ -135,7 +157,10 @@ def _zoo(recipe, out, workers):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--cnn-runs", type=int, default=286, help="x 7 checkpoints = 2,002 CNN checkpoints")
+    p.add_argument("--cnn-runs", type=int, default=500, help="CNN training runs, 7 checkpoints each (epochs 0-18)")
+    p.add_argument("--cnn-min-epoch", type=int, default=4,
+                   help="keep checkpoints from this epoch on (default: 500 runs x epochs 4, 8, 12, 18 = 2,000); "
+                        "earlier ones are mostly at chance, where every model ranks at random")
     p.add_argument("--inr-images", type=int, default=500, help="x --inr-seeds fits = 1,000 INRs (of 1,797 images)")
     p.add_argument("--inr-seeds", type=int, default=2, help="INR fits per image (all on one side of the split)")
     p.add_argument("--inr-w0", type=float, default=30 * 8 / 28,
@@ -151,6 +176,9 @@ def main(argv=None):
     p.add_argument("--no-pool-norm", action="store_true",
                    help="no BatchNorm on the pooled invariant features (GMN, UNF, NFN): the behaviour before")
     p.add_argument("--channels", type=int, default=4, help="UNF channels (the NFN peer always has 16)")
+    p.add_argument("--readout", choices=["mean", "stats"], default="stats", help="GMN and UNF invariant pooling")
+    p.add_argument("--loss", choices=["mse", "bce"], default="mse",
+                   help="CNN accuracy regression loss, every model (bce: as in the GMN and UNF papers)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="zoo generation processes")
     p.add_argument("--out", default="bench/out/metanets")
@@ -159,7 +187,7 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": a.channels, "weight_decay": 0.01,
-          "val_fraction": 0.15, "test_fraction": 0.15, "pool_norm": not a.no_pool_norm}
+          "val_fraction": 0.15, "test_fraction": 0.15, "pool_norm": not a.no_pool_norm, "readout": a.readout}
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "torch_threads": a.threads, "cuda": torch.cuda.is_available(),
                            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
@@ -175,17 +203,23 @@ def main(argv=None):
             continue
         members, sds, seconds = _zoo(recipe, out / f"zoo_{name}", a.workers)
         results["zoos"][name] = {"recipe": recipe.to_json(), "members": len(members), "seconds": seconds,
-                                 "models_per_second": len(members) / seconds, "labels": label_summary(members)}
+                                 "models_per_second": len(members) / seconds}
+        if name == "cnn":
+            keep = [i for i, m in enumerate(members) if m.labels["epoch"] >= a.cnn_min_epoch]
+            members, sds = [members[i] for i in keep], [sds[i] for i in keep]
+            results["zoos"][name]["used"] = {"members": len(members), "min_epoch": a.cnn_min_epoch}
+        results["zoos"][name]["labels"] = label_summary(members)
         save()
         print(name, "zoo", len(members), f"{seconds:.1f}s", flush=True)
         tasks[name] = (sds, [m.labels[label] for m in members], target, [m.run for m in members])
     for seed in a.seeds:
         for name, (sds, labels, target, groups) in tasks.items():
             for kind in a.models:
+                task_hp = {**hp, "loss": a.loss} if target == "regression" else hp
                 if kind == "nfn":
-                    metrics, train_s, infer = train_nfn(sds, labels, target, groups, hp, seed)
+                    metrics, train_s, infer = train_nfn(sds, labels, target, groups, task_hp, seed)
                 else:
-                    metrics, train_s, infer = run_ours(kind, sds, labels, target, groups, hp, seed)
+                    metrics, train_s, infer = run_ours(kind, sds, labels, target, groups, task_hp, seed)
                 results["runs"].append({"task": name, "model": kind, "seed": seed, "test": metrics,
                                         "train_seconds": train_s, "inference_checkpoints_per_second": infer})
                 save()
@@ -202,11 +236,15 @@ def summarise(runs):
         metric = "kendall_tau" if r["task"] == "cnn" else "accuracy"
         out.setdefault(key, {"metric": metric, "values": [], "train_seconds": [], "inference_per_second": []})
         out[key]["values"].append(r["test"][metric])
+        if "kendall_tau_above_chance" in r["test"]:
+            out[key].setdefault("above_chance_values", []).append(r["test"]["kendall_tau_above_chance"])
         out[key]["train_seconds"].append(r["train_seconds"])
         out[key]["inference_per_second"].append(r["inference_checkpoints_per_second"])
     for v in out.values():
         v["mean"] = statistics.mean(v["values"])
         v["std"] = statistics.stdev(v["values"]) if len(v["values"]) > 1 else 0.0
+        if "above_chance_values" in v:
+            v["above_chance_mean"] = statistics.mean(v["above_chance_values"])
     return out
 
 

@@ -20,7 +20,7 @@ from .models.pooling import READOUTS
 from .splits import group_split
 from .weightspace import Describer, Standardizer, float_keys, signature
 
-KINDS, TARGETS = ("gmn", "unf", "statnn"), ("regression", "classification")
+KINDS, TARGETS, LOSSES = ("gmn", "unf", "statnn"), ("regression", "classification"), ("mse", "bce")
 
 
 @dataclass
@@ -40,7 +40,8 @@ class TrainConfig:
     max_terms: int = 4000  # UNF basis guard (terms over all layers)
     grid: tuple[int, int, int] = (1, 3, 3)  # GMN kernel box (vector-mode graph)
     pool_norm: bool = True  # GMN/UNF: BatchNorm on the pooled invariant features (configs without it: off)
-    readout: str = "mean"  # GMN/UNF invariant pooling: "mean" or "stats" (see models/pooling.py)
+    readout: str = "stats"  # GMN/UNF invariant pooling: "stats" or "mean" (configs without it: mean); models/pooling.py
+    loss: str = "mse"  # regression: "mse" on standardised labels, or "bce" on labels in [0, 1] (accuracies)
     hints: dict | None = None  # passed to ``describe``
 
     @classmethod
@@ -58,6 +59,8 @@ class TrainConfig:
                 raise MetanetError(f"hyperparameter {name!r} must be a positive integer, got {v!r}")
         if not isinstance(cfg.pool_norm, bool):
             raise MetanetError(f"hyperparameter 'pool_norm' must be true or false, got {cfg.pool_norm!r}")
+        if cfg.loss not in LOSSES:
+            raise MetanetError(f"hyperparameter 'loss' must be one of {list(LOSSES)}, got {cfg.loss!r}")
         if cfg.readout not in READOUTS:
             raise MetanetError(f"hyperparameter 'readout' must be one of {list(READOUTS)}, got {cfg.readout!r}")
         if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
@@ -246,7 +249,13 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
         raise MetanetError("pool_norm (BatchNorm over checkpoints) needs at least 2 training checkpoints; "
                            "add checkpoints or set pool_norm to false")
     config = {"kind": kind, "target": target, "seed": seed, "train": asdict(cfg)}
-    if target == "regression":
+    if target == "regression" and cfg.loss == "bce":
+        y_model = torch.tensor([float(v) for v in labels])
+        if not ((y_model >= 0) & (y_model <= 1)).all():
+            raise MetanetError("loss 'bce' needs labels in [0, 1] (fractions such as accuracies); use loss 'mse'")
+        config.update(out_dim=1)
+        loss_fn = lambda out, t: nn.functional.binary_cross_entropy_with_logits(out[:, 0], t)  # noqa: E731
+    elif target == "regression":
         y = torch.tensor([float(v) for v in labels])
         mean, std = float(y[train_idx].mean()), float(y[train_idx].std(unbiased=False).clamp_min(1e-8))
         config.update(out_dim=1, label_mean=mean, label_std=std)
@@ -338,6 +347,8 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
 
 def _decode(config: dict, out: torch.Tensor) -> torch.Tensor:
     """Model outputs to label units (regression) or class indices (classification)."""
+    if config["target"] == "regression" and config["train"].get("loss", "mse") == "bce":
+        return torch.sigmoid(out[:, 0].cpu().double())
     if config["target"] == "regression":
         return out[:, 0].cpu().double() * config["label_std"] + config["label_mean"]
     return out.argmax(1).cpu()

@@ -86,6 +86,12 @@ def test_bad_input(zoo):
         train_metanet("statnn", sds[:10], y[:10], "regression", groups[:10], {"epoch": 3})
     with pytest.raises(MetanetError, match="pool_norm"):
         train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10], {"pool_norm": "yes"})
+    with pytest.raises(MetanetError, match="readout"):
+        train_metanet("unf", sds[:10], y[:10], "regression", groups[:10], {"readout": "sum"})
+    with pytest.raises(MetanetError, match="loss"):
+        train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10], {"loss": "l1"})
+    with pytest.raises(MetanetError, match=r"bce.*\[0, 1\]"):
+        train_metanet("statnn", sds[:10], [v * 100 for v in y[:10]], "regression", groups[:10], {"loss": "bce"})
     with pytest.raises(MetanetError, match="unknown metanet kind"):
         train_metanet("nfn", sds[:10], y[:10], "regression", groups[:10])
     with pytest.raises(MetanetError, match="groups"):
@@ -106,6 +112,30 @@ def test_pool_norm_off_and_configs_saved_before_it(zoo, kind):
     on = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1}, seed=0)
     assert on.config["train"]["pool_norm"] is True
     assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in on.model.modules()) == 1
+
+
+@pytest.mark.parametrize("kind", ["unf", "gmn"])
+def test_mean_readout_and_configs_saved_before_readout(zoo, kind):
+    """readout "mean" pools only the last layer; a config saved before the field existed loads as "mean"."""
+    sds, y, groups = zoo
+    m = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1, "readout": "mean"}, seed=0)
+    stats = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1}, seed=0)
+    assert stats.config["train"]["readout"] == "stats"
+    width = lambda t: next(x for x in t.model.modules() if isinstance(x, torch.nn.BatchNorm1d)).num_features  # noqa: E731
+    assert width(stats) > width(m)
+    config = json.loads(json.dumps(m.config))
+    del config["train"]["readout"]
+    old = load_metanet(config, m.state_dict())
+    assert predict(old, sds[:4])[0] == predict(m, sds[:4])[0]
+
+
+def test_bce_loss_predicts_fractions(zoo):
+    """loss "bce" (labels in [0, 1]) decodes through a sigmoid and still ranks held-out checkpoints."""
+    sds, y, groups = zoo
+    m = train_metanet("statnn", sds, y, "regression", groups, {**HP, "loss": "bce"}, seed=0)
+    assert m.metrics["test"]["kendall_tau"] > 0.5, m.metrics
+    pred, _ = predict(m, sds)
+    assert all(0.0 < p < 1.0 for p in pred) and "label_mean" not in m.config
 
 
 def test_batchnorm_batches_never_hold_one_checkpoint():

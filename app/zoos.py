@@ -132,9 +132,12 @@ def check_training_request(services: Services, kind: str, zoo_id: str, target: s
     if len(shapes) > 1:
         raise Problem(422, "mixed-architectures", f"{kind} needs one architecture; this zoo has {len(shapes)} different ones")
     try:
-        TrainConfig.parse(hyperparameters)
+        cfg = TrainConfig.parse(hyperparameters)
     except MetanetError as exc:
         raise Problem(422, "validation-error", f"hyperparameters: {exc}", title="Invalid request") from None
+    if task == "regression" and cfg.loss == "bce" and not all(0 <= v <= 1 for v in values):
+        raise Problem(422, "validation-error", f"hyperparameters: loss 'bce' needs labels in [0, 1]; {target!r} "
+                      "has values outside", title="Invalid request")
     return task
 
 

@@ -99,6 +99,11 @@ def test_bad_zoo_and_training_requests_start_no_job(client):
     words = client.post("/v1/zoos", json={"name": "w", "members": [{"checkpoint_id": a, "labels": {"acc": "high"}}]}).json()["zoo"]
     r = client.post("/v1/metanets", json={"kind": "gmn", "zoo": words["id"], "target": "acc", "task": "regression"})
     assert r.status_code == 422 and r.json()["type"] == "/problems/non-numeric-labels"
+    big = client.post("/v1/zoos", json={"name": "b", "members": [{"checkpoint_id": a, "labels": {"acc": 12.5}}]}).json()["zoo"]
+    for hp, words_in_detail in (({"loss": "bce"}, "[0, 1]"), ({"readout": "sum"}, "readout")):
+        r = client.post("/v1/metanets", json={"kind": "gmn", "zoo": big["id"], "target": "acc", "hyperparameters": hp})
+        assert r.status_code == 422 and r.json()["type"] == "/problems/validation-error", r.text
+        assert words_in_detail in r.json()["detail"]
     assert _jobs(client) == before
     assert client.get("/v1/zoos/nope").status_code == 404 and client.get("/v1/metanets/nope").status_code == 404
     assert client.post("/v1/metanets/nope/predict", json={"checkpoint_ids": [a]}).status_code == 404

@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from metanets import group_split, load_member, predict, train_metanet  # noqa: E402
-from metanets.training import (_chunks, _recalibrate_batchnorm, classification_metrics,  # noqa: E402
-                               regression_metrics)
+from metanets.training import (_chunks, _lr_factor, _recalibrate_batchnorm,  # noqa: E402
+                               classification_metrics, regression_metrics)
 from metanets.zoo import ZooRecipe, generate_zoo  # noqa: E402
 from metanets.zoo.summary import label_summary  # noqa: E402
 
@@ -31,12 +31,22 @@ from metanets.zoo.summary import label_summary  # noqa: E402
 # ---- NFN baseline (the nfn package's NPLinear / NPPool; bench only) ------------------------------------------------
 
 def _nfn_features(sds, stats):
-    """State dicts (ordered weight, bias, ...) -> nfn WeightSpaceFeatures, standardised per tensor."""
+    """State dicts (ordered weight, bias, ...) -> nfn WeightSpaceFeatures, prepared as our models' inputs are:
+    standardised per tensor with training-split ``stats``, or (``stats`` None: ``normalize="checkpoint"``) each
+    tensor over its own RMS with its log RMS as a second channel (``metanets.weightspace.rms_normalize``)."""
     from nfn.common import WeightSpaceFeatures
 
     keys = list(sds[0])
-    stacked = {k: (torch.stack([sd[k] for sd in sds]).float() - stats[k][0]) / stats[k][1] for k in keys}
-    return WeightSpaceFeatures([stacked[k][:, None] for k in keys[0::2]], [stacked[k][:, None] for k in keys[1::2]])
+    feats = {}
+    for k in keys:
+        v = torch.stack([sd[k] for sd in sds]).double()
+        if stats is not None:
+            feats[k] = ((v - stats[k][0]) / stats[k][1]).float()[:, None]
+            continue
+        rms = v.flatten(1).pow(2).mean(1).sqrt().view(-1, *[1] * (v.dim() - 1))
+        scale = torch.log(rms + 1e-6).expand_as(v)
+        feats[k] = torch.stack([v / (rms + 1e-6), scale], 1).float()
+    return WeightSpaceFeatures([feats[k] for k in keys[0::2]], [feats[k] for k in keys[1::2]])
 
 
 class NFNModel(nn.Module):
@@ -46,11 +56,11 @@ class NFNModel(nn.Module):
     precise-BN recalibration each epoch), so the comparison is between layers, not between readout tricks.
     """
 
-    def __init__(self, spec, out_dim, channels=16, hidden=64, pool_norm=True):
+    def __init__(self, spec, out_dim, in_channels=1, channels=16, hidden=64, pool_norm=True):
         super().__init__()
         from nfn.layers import NPLinear, NPPool, TupleOp
 
-        self.body = nn.Sequential(NPLinear(spec, 1, channels, io_embed=True), TupleOp(nn.ReLU()),
+        self.body = nn.Sequential(NPLinear(spec, in_channels, channels, io_embed=True), TupleOp(nn.ReLU()),
                                   NPLinear(spec, channels, channels, io_embed=True), TupleOp(nn.ReLU()), NPPool(spec))
         n = NPPool.get_num_outs(spec) * channels
         self.head = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(n) if pool_norm else nn.Identity(),
@@ -66,8 +76,8 @@ def train_nfn(sds, labels, target, groups, hp, seed):
 
     torch.manual_seed(seed)
     tr, va, te = group_split(groups, hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15), seed)
-    stats = {}
-    for k in sds[0]:
+    stats = None if hp.get("normalize") == "checkpoint" else {}
+    for k in sds[0] if stats is not None else []:
         v = torch.stack([sds[i][k] for i in tr]).double()
         stats[k] = (float(v.mean()), float(v.std().clamp_min(1e-8)))
     bce = target == "regression" and hp.get("loss") == "bce"
@@ -84,8 +94,12 @@ def train_nfn(sds, labels, target, groups, hp, seed):
         yt, out_dim = torch.tensor([classes.index(v) for v in labels]), len(classes)
         loss_fn = nn.functional.cross_entropy
     spec = network_spec_from_wsfeat(_nfn_features(sds[:1], stats))
-    model = NFNModel(spec, out_dim, hidden=hp.get("hidden", 64), pool_norm=hp.get("pool_norm", True))
+    model = NFNModel(spec, out_dim, in_channels=1 if stats is not None else 2, hidden=hp.get("hidden", 64),
+                     pool_norm=hp.get("pool_norm", True))
     opt = torch.optim.AdamW(model.parameters(), lr=hp.get("lr", 1e-3), weight_decay=hp.get("weight_decay", 1e-5))
+    steps = len(_chunks(tr, hp.get("batch_size", 32)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(hp.get("schedule", "constant"), steps,
+                                                              steps * hp.get("epochs", 100)))
     feats = lambda idx: _nfn_features([sds[i] for i in idx], stats)  # noqa: E731
     g, best, best_loss, bad, start = torch.Generator().manual_seed(seed), None, float("inf"), 0, time.time()
     for _ in range(hp.get("epochs", 100)):
@@ -96,6 +110,7 @@ def train_nfn(sds, labels, target, groups, hp, seed):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
         _recalibrate_batchnorm(model, (feats(idx) for idx in _chunks(order, 256)))
         model.eval()
         with torch.no_grad():
@@ -171,8 +186,11 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["statnn", "nfn", "unf", "gmn"])
     p.add_argument("--tasks", nargs="+", default=["cnn", "inr"])
     p.add_argument("--inr-shared-init", action="store_true", help="INR fits of one seed share their initialisation")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--patience", type=int, default=30, help="early stopping; the best validation epoch is kept")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine", help="learning rate, every model")
+    p.add_argument("--normalize", choices=["checkpoint", "zoo"], default="checkpoint",
+                   help="GMN, UNF and NFN inputs: per-checkpoint RMS plus log RMS, or zoo-wide standardisation")
     p.add_argument("--no-pool-norm", action="store_true",
                    help="no BatchNorm on the pooled invariant features (GMN, UNF, NFN): the behaviour before")
     p.add_argument("--channels", type=int, default=4, help="UNF channels (the NFN peer always has 16)")
@@ -187,7 +205,8 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": a.channels, "weight_decay": 0.01,
-          "val_fraction": 0.15, "test_fraction": 0.15, "pool_norm": not a.no_pool_norm, "readout": a.readout}
+          "val_fraction": 0.15, "test_fraction": 0.15, "pool_norm": not a.no_pool_norm, "readout": a.readout,
+          "schedule": a.schedule, "normalize": a.normalize}
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "torch_threads": a.threads, "cuda": torch.cuda.is_available(),
                            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},

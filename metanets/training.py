@@ -18,20 +18,21 @@ from torch import nn
 from .errors import MetanetError
 from .models.pooling import READOUTS
 from .splits import group_split
-from .weightspace import Describer, Standardizer, float_keys, signature
+from .weightspace import Describer, Standardizer, float_keys, rms_normalize, signature
 
 KINDS, TARGETS, LOSSES = ("gmn", "unf", "statnn"), ("regression", "classification"), ("mse", "bce")
+SCHEDULES, NORMALIZE = ("constant", "cosine"), ("zoo", "checkpoint")
 
 
 @dataclass
 class TrainConfig:
     """Hyperparameters (the API's ``hyperparameters`` dict); model sizes are per kind where noted."""
 
-    epochs: int = 100
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    patience: int = 15
+    patience: int = 30  # epochs without a better validation loss before stopping (the best epoch is kept)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     hidden: int = 64  # GMN width, UNF/StatNN head width
@@ -41,6 +42,10 @@ class TrainConfig:
     grid: tuple[int, int, int] = (1, 3, 3)  # GMN kernel box (vector-mode graph)
     pool_norm: bool = True  # GMN/UNF: BatchNorm on the pooled invariant features (configs without it: off)
     readout: str = "stats"  # GMN/UNF invariant pooling: "stats" or "mean" (configs without it: mean); models/pooling.py
+    normalize: str = "checkpoint"  # GMN/UNF inputs: "checkpoint" (each tensor over its own RMS, plus its log RMS as a
+    # second input feature: weightspace.rms_normalize) or "zoo" (per-tensor standardisation fitted on the training
+    # split); configs saved without the field: zoo
+    schedule: str = "cosine"  # learning rate: "cosine" (one warmup epoch, then down to 0 at ``epochs``) or "constant"
     loss: str = "mse"  # regression: "mse" on standardised labels, or "bce" on labels in [0, 1] (accuracies)
     hints: dict | None = None  # passed to ``describe``
 
@@ -61,6 +66,10 @@ class TrainConfig:
             raise MetanetError(f"hyperparameter 'pool_norm' must be true or false, got {cfg.pool_norm!r}")
         if cfg.loss not in LOSSES:
             raise MetanetError(f"hyperparameter 'loss' must be one of {list(LOSSES)}, got {cfg.loss!r}")
+        if cfg.normalize not in NORMALIZE:
+            raise MetanetError(f"hyperparameter 'normalize' must be one of {list(NORMALIZE)}, got {cfg.normalize!r}")
+        if cfg.schedule not in SCHEDULES:
+            raise MetanetError(f"hyperparameter 'schedule' must be one of {list(SCHEDULES)}, got {cfg.schedule!r}")
         if cfg.readout not in READOUTS:
             raise MetanetError(f"hyperparameter 'readout' must be one of {list(READOUTS)}, got {cfg.readout!r}")
         if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
@@ -94,23 +103,45 @@ class _Features:
             self.x = torch.stack([tensor_statistics(sd, config["keys"]) for sd in checkpoints]).float()
             return
         describer = describer or Describer(config["train"].get("hints"))
-        std = Standardizer(**config["standardizer"])
+        if config["train"].get("normalize", "zoo") == "checkpoint":
+            prepare = rms_normalize
+        else:
+            std = Standardizer(**config["standardizer"])
+            prepare = lambda desc, sd: (std(desc, sd), None)  # noqa: E731
         if kind == "unf":
             from .unf_spec import unf_tensors
 
             desc = describer(checkpoints[0])
             spec = _spec_entries(config["entries"])
-            views = [unf_tensors(spec, std(desc, sd)) for sd in checkpoints]
-            self.x = {e.key: torch.stack([v[e.key] for v in views]).float() for e in spec}
+            views, scales = [], []
+            for sd in checkpoints:
+                values, log_rms = prepare(desc, sd)
+                views.append(unf_tensors(spec, values))
+                scales.append(log_rms)
+            self.x = {}
+            for e in spec:
+                v = torch.stack([view[e.key] for view in views]).float()[..., None]
+                if scales[0] is not None:  # second channel: the tensor's log RMS, broadcast over its entries
+                    s = torch.tensor([sc[e.tensor] for sc in scales]).view(-1, *[1] * (v.dim() - 1))
+                    v = torch.cat([v, s.expand_as(v)], dim=-1)
+                self.x[e.key] = v
         else:
-            from .graph.build import to_graph
+            from .graph.build import edge_blocks, to_graph
+            from .graph.layout import layout
 
             grid = tuple(config["train"]["grid"])
-            self.graphs = []
+            self.graphs, blocks = [], {}
             for sd in checkpoints:
                 desc = describer(sd)
-                g = to_graph(desc, std(desc, sd), mode="vector", grid=grid)
+                values, log_rms = prepare(desc, sd)
+                g = to_graph(desc, values, mode="vector", grid=grid)
                 g.edge_attr = g.edge_attr.float()
+                if log_rms is not None:  # per edge: its tensor's log RMS (0 for the fixed-value extra edges)
+                    if id(desc) not in blocks:
+                        blocks[id(desc)] = edge_blocks(desc, layout(desc), "vector")
+                    g.edge_scale = torch.zeros(g.num_edges, 1)
+                    for name, (off, n) in blocks[id(desc)].items():
+                        g.edge_scale[off:off + n] = log_rms[name]
                 del g.int_buffers, g.float_buffers, g.mode, g.grid
                 self.graphs.append(g)
 
@@ -140,11 +171,18 @@ def _build_model(config: dict) -> nn.Module:
         from .models.unf import UNF
 
         return UNF(config["entries"], out_dim, channels=t["channels"], layers=t["layers"], hidden=t["hidden"],
-                   max_terms=t["max_terms"], pool_norm=t.get("pool_norm", False), readout=t.get("readout", "mean"))
+                   max_terms=t["max_terms"], pool_norm=t.get("pool_norm", False), readout=t.get("readout", "mean"),
+                   in_channels=_input_features(t))
     from .models.gmn import GMN
 
     return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"],
-               pool_norm=t.get("pool_norm", False), readout=t.get("readout", "mean"))
+               pool_norm=t.get("pool_norm", False), readout=t.get("readout", "mean"),
+               edge_scale=_input_features(t) == 2)
+
+
+def _input_features(train: dict) -> int:
+    """Input features per weight: its value, and with ``normalize="checkpoint"`` its tensor's log RMS."""
+    return 2 if train.get("normalize", "zoo") == "checkpoint" else 1
 
 
 def _forward(model, x):
@@ -182,6 +220,13 @@ def _recalibrate_batchnorm(model, batches) -> None:
     for m, (momentum, training) in zip(norms, saved):
         m.momentum = momentum
         m.train(training)
+
+
+def _lr_factor(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step ``t``."""
+    if schedule == "constant":
+        return lambda t: 1.0
+    return lambda t: (t + 1) / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / max(1, total - warmup))))
 
 
 # ---- validation of the inputs ------------------------------------------------------------------------------------
@@ -275,8 +320,9 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
         config["shapes"] = {k: list(checkpoints[0][k].shape) for k in config["keys"]}
     else:
         descs = [describer(sd, f"checkpoint {i}") for i, sd in enumerate(checkpoints)]
-        config["standardizer"] = Standardizer.fit([descs[i] for i in train_idx],
-                                                  [checkpoints[i] for i in train_idx]).to_json()
+        if cfg.normalize == "zoo":
+            config["standardizer"] = Standardizer.fit([descs[i] for i in train_idx],
+                                                      [checkpoints[i] for i in train_idx]).to_json()
         if kind == "unf":
             from .unf_spec import unf_spec
 
@@ -298,6 +344,8 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
         model.std.copy_(xs.std(0, unbiased=False).clamp_min(1e-6))
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = len(_chunks(train_idx, cfg.batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg.schedule, steps, cfg.epochs * steps))
     g = torch.Generator().manual_seed(seed)
 
     def evaluate(idx):
@@ -320,6 +368,7 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             total += loss.item() * len(idx)
         _recalibrate_batchnorm(model, (feats.batch(idx, device) for idx in _chunks(order, 256)))
         _, val_loss = evaluate(val_idx)

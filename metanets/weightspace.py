@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 
@@ -79,3 +80,22 @@ class Standardizer:
 
     def to_json(self) -> dict:
         return json.loads(json.dumps({"by_name": self.by_name, "by_role": self.by_role}))
+
+
+def rms_normalize(desc: ArchitectureDescription, state_dict: dict[str, torch.Tensor],
+                  eps: float = 1e-6) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Every edge tensor divided by its root mean square in this checkpoint, and the log of that RMS per tensor.
+
+    Weights of one zoo span orders of magnitude (init scales, learning rates, training time): standardised with
+    zoo-wide statistics, small-scale networks look all zero and a few large ones dominate. Split into shape
+    (unit RMS) and scale (log RMS, an invariant of every permutation), both stay visible.
+    """
+    out, log_rms = dict(state_dict), {}
+    for k, t in desc.tensors.items():
+        if not t.is_edge:
+            continue
+        v = state_dict[k].double()
+        rms = float(v.pow(2).mean().sqrt()) if v.numel() else 0.0
+        out[k] = (v / (rms + eps)).to(state_dict[k].dtype)
+        log_rms[k] = math.log(rms + eps)
+    return out, log_rms

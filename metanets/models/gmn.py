@@ -72,7 +72,7 @@ class GMN(nn.Module):
     """Type embeddings, ``layers`` GMN blocks, an invariant readout and an equivariant per-edge head."""
 
     def __init__(self, out_dim: int, edge_width: int, d: int = 64, layers: int = 4, max_layer: int = 64,
-                 pool_norm: bool = False, readout: str = "mean"):
+                 pool_norm: bool = False, readout: str = "mean", edge_scale: bool = False):
         super().__init__()
         if readout not in READOUTS:
             raise MetanetError(f"unknown readout {readout!r} (known: {list(READOUTS)})")
@@ -82,6 +82,7 @@ class GMN(nn.Module):
         self.index_freq = nn.Linear(1, d)  # sin features of an input/output neuron's fixed index
         self.permutable = nn.Parameter(torch.zeros(d))
         self.edge_value, self.edge_ksize = nn.Linear(edge_width, d), nn.Linear(3, d)
+        self.edge_scale = nn.Linear(1, d) if edge_scale else None  # data.edge_scale: the log RMS of the edge's tensor
         self.blocks = nn.ModuleList(GMNBlock(d) for _ in range(layers))
         self.norm_v, self.norm_e = nn.LayerNorm(d), nn.LayerNorm(d)
         pooled = 3 * d if readout == "mean" else 2 * STAT_COUNT * d * (layers + 1)
@@ -100,6 +101,8 @@ class GMN(nn.Module):
         v = self.node_type(kind) + self.layer(layer.clamp(0, self.max_layer - 1)) + idx
         e = (self.edge_value(data.edge_attr.to(self.permutable.dtype)) + self.edge_type(data.edge_type.long())
              + self.edge_ksize(data.edge_ksize.to(self.permutable.dtype)))
+        if self.edge_scale is not None:
+            e = e + self.edge_scale(data.edge_scale.to(self.permutable.dtype))
         return v, e
 
     def forward(self, data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -159,7 +159,7 @@ class UNF(nn.Module):
     """
 
     def __init__(self, entries: list[dict], out_dim: int, channels: int = 8, layers: int = 3, hidden: int = 128,
-                 max_terms: int = 4000, pool_norm: bool = False, readout: str = "mean"):
+                 max_terms: int = 4000, pool_norm: bool = False, readout: str = "mean", in_channels: int = 1):
         super().__init__()
         if readout not in READOUTS:
             raise MetanetError(f"unknown readout {readout!r} (known: {list(READOUTS)})")
@@ -169,13 +169,13 @@ class UNF(nn.Module):
         if size * layers > max_terms:
             raise MetanetError(f"UNF basis too large: {size} terms per layer x {layers} layers > max_terms={max_terms}"
                                f" (architecture has {len(self.slots)} tensors); use GMN or StatNN for it")
-        widths = [1] + [channels] * layers
+        widths = [in_channels] + [channels] * layers
         self.layers = nn.ModuleList(UNFLayer(self.slots, a, b) for a, b in zip(widths, widths[1:]))
         if readout == "mean":
             pooled = sum(s.fixed * channels for s in self.slots)
         else:
             per_layer = lambda c: sum(s.fixed * c * (STAT_COUNT if s.symbols else 1) for s in self.slots)  # noqa: E731
-            pooled = per_layer(1) + layers * per_layer(channels)
+            pooled = per_layer(in_channels) + layers * per_layer(channels)
         # pool_norm: standardise the pooled features over checkpoints (BatchNorm), as StatNN does with its
         # statistics; differences between checkpoints are small next to the spread inside one checkpoint.
         self.pool_norm = nn.BatchNorm1d(pooled) if pool_norm else nn.Identity()
@@ -183,8 +183,8 @@ class UNF(nn.Module):
         self.out = nn.Linear(hidden, out_dim)
 
     def forward(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``tensors[key]`` is (B, *entry shape); returns (outputs (B, out_dim), embeddings (B, hidden))."""
-        xs = [s.fold(tensors[s.key].unsqueeze(-1)) for s in self.slots]
+        """``tensors[key]`` is (B, *entry shape, in_channels); returns (outputs (B, out_dim), embeddings (B, hidden))."""
+        xs = [s.fold(tensors[s.key]) for s in self.slots]
         pools = [self._pool(xs)] if self.readout == "stats" else []
         for i, layer in enumerate(self.layers):
             xs = layer(xs)

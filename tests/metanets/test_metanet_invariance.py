@@ -66,7 +66,7 @@ def _gmn_run(model, desc, sd):
 def _unf_run(model, desc, sd):
     views = unf_tensors(unf_spec(desc), sd)
     with torch.no_grad():
-        return model({k: v[None] for k, v in views.items()})[0]
+        return model({k: v[None, ..., None] for k, v in views.items()})[0]
 
 
 @pytest.fixture(scope="module")

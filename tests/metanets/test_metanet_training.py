@@ -1,11 +1,15 @@
 """On a tiny seeded zoo built here, every metanet ranks held-out checkpoints well (Kendall tau > 0.5), and a
 trained metanet reloads, predicts and checks compatibility; bad input raises MetanetError."""
 import json
+import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
-from metanets import MetanetError, compatible, load_metanet, predict, train_metanet
+from metanets import (MetanetError, apply_symmetry, compatible, describe, load_metanet, predict, random_symmetry,
+                      train_metanet)
+from metanets.weightspace import rms_normalize
 from metanets.zoo import ZooRecipe, generate_zoo, load_member
 
 HP = {"epochs": 25, "patience": 30, "hidden": 32, "channels": 4, "weight_decay": 0.01, "val_fraction": 0.2,
@@ -88,6 +92,10 @@ def test_bad_input(zoo):
         train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10], {"pool_norm": "yes"})
     with pytest.raises(MetanetError, match="readout"):
         train_metanet("unf", sds[:10], y[:10], "regression", groups[:10], {"readout": "sum"})
+    with pytest.raises(MetanetError, match="normalize"):
+        train_metanet("unf", sds[:10], y[:10], "regression", groups[:10], {"normalize": "global"})
+    with pytest.raises(MetanetError, match="schedule"):
+        train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10], {"schedule": "step"})
     with pytest.raises(MetanetError, match="loss"):
         train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10], {"loss": "l1"})
     with pytest.raises(MetanetError, match=r"bce.*\[0, 1\]"):
@@ -161,3 +169,67 @@ def test_precise_batchnorm_statistics():
     torch.testing.assert_close(bn.running_mean, (h[:10].mean(0) + h[10:].mean(0)) / 2, rtol=1e-5, atol=1e-5)
     var = (h[:10].var(0) + h[10:].var(0)) / 2
     torch.testing.assert_close(bn.running_var, var, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), log_scales=st.lists(st.floats(-3, 3), min_size=8, max_size=8))
+def test_rms_normalize_separates_shape_from_scale(seed, log_scales):
+    """Each tensor comes out with unit RMS; scaling a tensor by c leaves its values and moves its log RMS by log c
+    (to within eps / RMS, with eps = 1e-6)."""
+    from metanets.zoo import cnn
+
+    torch.manual_seed(seed % 1000)
+    sd = {k: v.double() for k, v in cnn.small_cnn("relu").state_dict().items()}
+    desc = describe(sd, cnn.describe_hints("relu"))
+    values, log_rms = rms_normalize(desc, sd)
+    scaled = {k: v * math.exp(c) for (k, v), c in zip(sd.items(), log_scales)}
+    values2, log_rms2 = rms_normalize(desc, scaled)
+    for (k, v), c in zip(sd.items(), log_scales):
+        assert abs(float(values[k].pow(2).mean().sqrt()) - 1) < 1e-4
+        torch.testing.assert_close(values2[k], values[k], rtol=1e-3, atol=1e-3)  # up to eps / RMS
+        assert log_rms2[k] == pytest.approx(log_rms[k] + c, abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["unf", "gmn"])
+def test_checkpoint_normalisation_keeps_predictions_invariant(zoo, kind):
+    """Per-checkpoint RMS inputs (the default) are functions of the weights that every hidden permutation keeps."""
+    sds, y, groups = zoo
+    m = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 2}, seed=0)
+    assert m.config["train"]["normalize"] == "checkpoint"
+    g = torch.Generator().manual_seed(3)
+    permuted = []
+    for sd in sds[:6]:
+        desc = describe(sd)
+        permuted.append(apply_symmetry(desc, sd, random_symmetry(desc, g)))
+    assert any(not torch.equal(a["2.weight"], b["2.weight"]) for a, b in zip(sds, permuted))
+    before, emb = predict(m, sds[:6])
+    after, emb2 = predict(m, permuted)
+    assert before == pytest.approx(after, rel=1e-4, abs=1e-5)
+    torch.testing.assert_close(emb, emb2, rtol=1e-3, atol=1e-3)  # float32 sums in another order
+
+
+@pytest.mark.parametrize("kind", ["unf", "gmn"])
+def test_zoo_normalisation_and_configs_saved_before_normalize(zoo, kind):
+    """normalize "zoo" feeds one feature per weight; a config saved before the field existed loads as "zoo"."""
+    sds, y, groups = zoo
+    m = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1, "normalize": "zoo"}, seed=0)
+    ck = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1}, seed=0)
+    assert "standardizer" in m.config and "standardizer" not in ck.config
+    params = lambda t: sum(p.numel() for p in t.model.parameters())  # noqa: E731
+    assert params(ck) > params(m)  # the log-RMS input feature
+    config = json.loads(json.dumps(m.config))
+    del config["train"]["normalize"]
+    old = load_metanet(config, m.state_dict())
+    assert predict(old, sds[:4])[0] == predict(m, sds[:4])[0]
+
+
+def test_cosine_schedule():
+    """One warmup epoch up to the base rate, then down to 0 at the last step; "constant" stays at the base rate."""
+    from metanets.training import _lr_factor
+
+    f = _lr_factor("cosine", 4, 20)
+    rates = [f(t) for t in range(21)]
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(rates[3:], rates[4:])) and rates[20] == pytest.approx(0.0)
+    assert rates[12] == pytest.approx(0.5)
+    assert {_lr_factor("constant", 4, 20)(t) for t in range(21)} == {1.0}

@@ -124,17 +124,21 @@ def train_nfn(sds, labels, target, groups, hp, seed):
     model.load_state_dict(best)
     train_seconds = time.time() - start
     model.eval()
-    t0 = time.time()
-    with torch.no_grad():
-        out = model(feats(te))
-    infer = len(te) / (time.time() - t0)
-    if target == "regression":
+
+    def metrics(idx):
+        with torch.no_grad():
+            out = model(feats(idx))
+        if target != "regression":
+            return classification_metrics(out.argmax(1), yt[idx])
         pred = torch.sigmoid(out[:, 0].double()) if bce else out[:, 0].double() * sd + mu
-        m = regression_metrics(pred, torch.tensor([labels[i] for i in te]).double())
-        m["kendall_tau_above_chance"] = _tau_above_chance(pred, [labels[i] for i in te])
-    else:
-        m = classification_metrics(out.argmax(1), yt[te])
-    return m, train_seconds, infer
+        m = regression_metrics(pred, torch.tensor([labels[i] for i in idx]).double())
+        m["kendall_tau_above_chance"] = _tau_above_chance(pred, [labels[i] for i in idx])
+        return m
+
+    t0 = time.time()
+    m = metrics(te)
+    infer = len(te) / (time.time() - t0)
+    return m, metrics(va), train_seconds, infer
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
@@ -160,7 +164,7 @@ def run_ours(kind, sds, labels, target, groups, hp, seed):
     metrics = dict(m.metrics["test"])
     if target == "regression":
         metrics["kendall_tau_above_chance"] = _tau_above_chance(pred, [labels[i] for i in test_idx])
-    return metrics, m.metrics["train_seconds"], infer
+    return metrics, m.metrics["validation"], m.metrics["train_seconds"], infer
 
 
 def _zoo(recipe, out, workers):
@@ -193,7 +197,7 @@ def main(argv=None):
                    help="GMN, UNF and NFN inputs: per-checkpoint RMS plus log RMS, or zoo-wide standardisation")
     p.add_argument("--no-pool-norm", action="store_true",
                    help="no BatchNorm on the pooled invariant features (GMN, UNF, NFN): the behaviour before")
-    p.add_argument("--channels", type=int, default=4, help="UNF channels (the NFN peer always has 16)")
+    p.add_argument("--channels", type=int, default=8, help="UNF channels (the NFN peer always has 16)")
     p.add_argument("--readout", choices=["mean", "stats"], default="stats", help="GMN and UNF invariant pooling")
     p.add_argument("--loss", choices=["mse", "bce"], default="mse",
                    help="CNN accuracy regression loss, every model (bce: as in the GMN and UNF papers)")
@@ -235,12 +239,11 @@ def main(argv=None):
         for name, (sds, labels, target, groups) in tasks.items():
             for kind in a.models:
                 task_hp = {**hp, "loss": a.loss} if target == "regression" else hp
-                if kind == "nfn":
-                    metrics, train_s, infer = train_nfn(sds, labels, target, groups, task_hp, seed)
-                else:
-                    metrics, train_s, infer = run_ours(kind, sds, labels, target, groups, task_hp, seed)
+                run = train_nfn if kind == "nfn" else lambda *args: run_ours(kind, *args)
+                metrics, validation, train_s, infer = run(sds, labels, target, groups, task_hp, seed)
                 results["runs"].append({"task": name, "model": kind, "seed": seed, "test": metrics,
-                                        "train_seconds": train_s, "inference_checkpoints_per_second": infer})
+                                        "validation": validation, "train_seconds": train_s,
+                                        "inference_checkpoints_per_second": infer})
                 save()
                 print(name, kind, seed, metrics, f"train {train_s:.0f}s infer {infer:.0f}/s", flush=True)
     results["summary"] = summarise(results["runs"])
@@ -253,8 +256,10 @@ def summarise(runs):
     for r in runs:
         key = f"{r['task']}/{r['model']}"
         metric = "kendall_tau" if r["task"] == "cnn" else "accuracy"
-        out.setdefault(key, {"metric": metric, "values": [], "train_seconds": [], "inference_per_second": []})
+        out.setdefault(key, {"metric": metric, "values": [], "validation_values": [], "train_seconds": [],
+                             "inference_per_second": []})
         out[key]["values"].append(r["test"][metric])
+        out[key]["validation_values"].append(r["validation"][metric])
         if "kendall_tau_above_chance" in r["test"]:
             out[key].setdefault("above_chance_values", []).append(r["test"]["kendall_tau_above_chance"])
         out[key]["train_seconds"].append(r["train_seconds"])
@@ -262,6 +267,7 @@ def summarise(runs):
     for v in out.values():
         v["mean"] = statistics.mean(v["values"])
         v["std"] = statistics.stdev(v["values"]) if len(v["values"]) > 1 else 0.0
+        v["validation_mean"] = statistics.mean(v["validation_values"])
         if "above_chance_values" in v:
             v["above_chance_mean"] = statistics.mean(v["above_chance_values"])
     return out

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from .errors import MetanetError
-from .models.pooling import READOUTS
+from .models.pooling import AGGREGATIONS, READOUTS
 from .splits import group_split
-from .weightspace import Describer, Standardizer, float_keys, rms_normalize, signature
+from .weightspace import Describer, Standardizer, edge_log_rms, float_keys, rms_normalize, signature
 
 KINDS, TARGETS, LOSSES = ("gmn", "unf", "statnn"), ("regression", "classification"), ("mse", "bce")
 SCHEDULES, NORMALIZE = ("constant", "cosine"), ("zoo", "checkpoint")
@@ -46,6 +46,8 @@ class TrainConfig:
     # second input feature: weightspace.rms_normalize) or "zoo" (per-tensor standardisation fitted on the training
     # split); configs saved without the field: zoo
     schedule: str = "cosine"  # learning rate: "cosine" (one warmup epoch, then down to 0 at ``epochs``) or "constant"
+    aggregation: str = "mean_max"  # GMN messages: "mean_max" (mean and max over a node's edges) or "mean" (configs
+    # without the field: mean)
     loss: str = "mse"  # regression: "mse" on standardised labels, or "bce" on labels in [0, 1] (accuracies)
     hints: dict | None = None  # passed to ``describe``
 
@@ -68,6 +70,9 @@ class TrainConfig:
             raise MetanetError(f"hyperparameter 'loss' must be one of {list(LOSSES)}, got {cfg.loss!r}")
         if cfg.normalize not in NORMALIZE:
             raise MetanetError(f"hyperparameter 'normalize' must be one of {list(NORMALIZE)}, got {cfg.normalize!r}")
+        if cfg.aggregation not in AGGREGATIONS:
+            raise MetanetError(f"hyperparameter 'aggregation' must be one of {list(AGGREGATIONS)}, "
+                               f"got {cfg.aggregation!r}")
         if cfg.schedule not in SCHEDULES:
             raise MetanetError(f"hyperparameter 'schedule' must be one of {list(SCHEDULES)}, got {cfg.schedule!r}")
         if cfg.readout not in READOUTS:
@@ -126,22 +131,17 @@ class _Features:
                     v = torch.cat([v, s.expand_as(v)], dim=-1)
                 self.x[e.key] = v
         else:
-            from .graph.build import edge_blocks, to_graph
-            from .graph.layout import layout
+            from .graph.build import to_graph
 
             grid = tuple(config["train"]["grid"])
-            self.graphs, blocks = [], {}
+            self.graphs = []
             for sd in checkpoints:
                 desc = describer(sd)
                 values, log_rms = prepare(desc, sd)
                 g = to_graph(desc, values, mode="vector", grid=grid)
                 g.edge_attr = g.edge_attr.float()
-                if log_rms is not None:  # per edge: its tensor's log RMS (0 for the fixed-value extra edges)
-                    if id(desc) not in blocks:
-                        blocks[id(desc)] = edge_blocks(desc, layout(desc), "vector")
-                    g.edge_scale = torch.zeros(g.num_edges, 1)
-                    for name, (off, n) in blocks[id(desc)].items():
-                        g.edge_scale[off:off + n] = log_rms[name]
+                if log_rms is not None:
+                    g.edge_scale = edge_log_rms(desc, log_rms, g.num_edges)
                 del g.int_buffers, g.float_buffers, g.mode, g.grid
                 self.graphs.append(g)
 
@@ -177,7 +177,7 @@ def _build_model(config: dict) -> nn.Module:
 
     return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"],
                pool_norm=t.get("pool_norm", False), readout=t.get("readout", "mean"),
-               edge_scale=_input_features(t) == 2)
+               edge_scale=_input_features(t) == 2, aggregation=t.get("aggregation", "mean"))
 
 
 def _input_features(train: dict) -> int:
@@ -226,7 +226,13 @@ def _lr_factor(schedule: str, warmup: int, total: int) -> Callable[[int], float]
     """Multiplier of the base learning rate at optimizer step ``t``."""
     if schedule == "constant":
         return lambda t: 1.0
-    return lambda t: (t + 1) / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / max(1, total - warmup))))
+
+    def cosine(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / max(1, total - warmup))))
+
+    return cosine
 
 
 # ---- validation of the inputs ------------------------------------------------------------------------------------

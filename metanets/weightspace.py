@@ -99,3 +99,14 @@ def rms_normalize(desc: ArchitectureDescription, state_dict: dict[str, torch.Ten
         out[k] = (v / (rms + eps)).to(state_dict[k].dtype)
         log_rms[k] = math.log(rms + eps)
     return out, log_rms
+
+
+def edge_log_rms(desc: ArchitectureDescription, log_rms: dict[str, float], num_edges: int) -> torch.Tensor:
+    """(num_edges, 1): the log RMS of each edge's tensor in the vector-mode graph, 0 on the fixed-value extra edges."""
+    from .graph.build import edge_blocks
+    from .graph.layout import layout
+
+    col = torch.zeros(num_edges, 1)
+    for name, (off, n) in edge_blocks(desc, layout(desc), "vector").items():
+        col[off:off + n] = log_rms[name]
+    return col

@@ -1,7 +1,8 @@
 """Graph Metanetwork (Lim et al. 2024) over the parameter graph of ``metanets.to_graph`` (vector mode).
 
 Edges carry weights (a conv kernel per channel pair), nodes are neurons and bias / norm nodes. Each layer updates
-edges from their end nodes, then nodes from the mean of messages along in-edges and along out-edges (pre-norm
+edges from their end nodes, then nodes from the mean (``aggregation="mean_max"``: and the max) of messages along
+in-edges and along out-edges (pre-norm
 residual blocks). Readout (invariant): mean and max over nodes plus mean over edges of the last block, or with
 ``readout="stats"`` mean, std, max and min over nodes and over edges after the encoder and every block (jumping
 knowledge). A per-edge linear head gives one output per weight (equivariant), which ``graph_to_state_dict`` maps
@@ -15,7 +16,7 @@ from torch_geometric.nn import MessagePassing, global_max_pool, global_mean_pool
 
 from ..errors import MetanetError
 from ..graph.types import EDGE_TYPES, NODE_TYPES
-from .pooling import READOUTS, STAT_COUNT, segment_stats
+from .pooling import AGGREGATIONS, READOUTS, STAT_COUNT, segment_stats
 
 
 def mlp(d_in: int, d: int) -> nn.Sequential:
@@ -36,10 +37,10 @@ class EdgeFunction(nn.Module):
 
 
 class Messages(MessagePassing):
-    """m_i = mean over edges (j -> i) of phi(v_i, v_j, e_ji)."""
+    """m_i = mean (and with ``aggregation="mean_max"`` also max) over edges (j -> i) of phi(v_i, v_j, e_ji)."""
 
-    def __init__(self, d: int):
-        super().__init__(aggr="mean")
+    def __init__(self, d: int, aggregation: str = "mean"):
+        super().__init__(aggr=["mean", "max"] if aggregation == "mean_max" else "mean")
         self.phi = EdgeFunction(d)
 
     def forward(self, v, edge_index, e):
@@ -52,11 +53,12 @@ class Messages(MessagePassing):
 class GMNBlock(nn.Module):
     """e_ij += phi_e(v_i, v_j, e_ij); v_i += phi_v(v_i, m_in_i, m_out_i), each on layer-normed inputs."""
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, aggregation: str = "mean"):
         super().__init__()
         self.norm_v, self.norm_e = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.phi_e, self.phi_v = EdgeFunction(d), mlp(3 * d, d)
-        self.incoming, self.outgoing = Messages(d), Messages(d)
+        m = d * (2 if aggregation == "mean_max" else 1)  # width of one direction's aggregated messages
+        self.phi_e, self.phi_v = EdgeFunction(d), mlp(d + 2 * m, d)
+        self.incoming, self.outgoing = Messages(d, aggregation), Messages(d, aggregation)
 
     def forward(self, v, edge_index, e):
         h = self.norm_v(v)
@@ -72,10 +74,13 @@ class GMN(nn.Module):
     """Type embeddings, ``layers`` GMN blocks, an invariant readout and an equivariant per-edge head."""
 
     def __init__(self, out_dim: int, edge_width: int, d: int = 64, layers: int = 4, max_layer: int = 64,
-                 pool_norm: bool = False, readout: str = "mean", edge_scale: bool = False):
+                 pool_norm: bool = False, readout: str = "mean", edge_scale: bool = False,
+                 aggregation: str = "mean"):
         super().__init__()
         if readout not in READOUTS:
             raise MetanetError(f"unknown readout {readout!r} (known: {list(READOUTS)})")
+        if aggregation not in AGGREGATIONS:
+            raise MetanetError(f"unknown aggregation {aggregation!r} (known: {list(AGGREGATIONS)})")
         self.max_layer, self.readout_kind = max_layer, readout
         self.node_type, self.edge_type = nn.Embedding(len(NODE_TYPES), d), nn.Embedding(len(EDGE_TYPES), d)
         self.layer = nn.Embedding(max_layer, d)
@@ -83,7 +88,7 @@ class GMN(nn.Module):
         self.permutable = nn.Parameter(torch.zeros(d))
         self.edge_value, self.edge_ksize = nn.Linear(edge_width, d), nn.Linear(3, d)
         self.edge_scale = nn.Linear(1, d) if edge_scale else None  # data.edge_scale: the log RMS of the edge's tensor
-        self.blocks = nn.ModuleList(GMNBlock(d) for _ in range(layers))
+        self.blocks = nn.ModuleList(GMNBlock(d, aggregation) for _ in range(layers))
         self.norm_v, self.norm_e = nn.LayerNorm(d), nn.LayerNorm(d)
         pooled = 3 * d if readout == "mean" else 2 * STAT_COUNT * d * (layers + 1)
         self.pool_norm = nn.BatchNorm1d(pooled) if pool_norm else nn.Identity()  # see UNF: standardise over graphs

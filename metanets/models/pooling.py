@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 READOUTS = ("mean", "stats")
+AGGREGATIONS = ("mean", "mean_max")  # GMN: how messages along a node's edges are combined
 STAT_COUNT = 4  # mean, std, max, min
 
 

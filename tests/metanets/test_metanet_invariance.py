@@ -11,6 +11,7 @@ from torch_geometric.data import Batch
 from metanets import apply_symmetry, describe, graph_to_state_dict, random_symmetry, to_graph, unf_spec, unf_tensors
 from metanets.models.gmn import GMN
 from metanets.models.unf import UNF
+from metanets.weightspace import edge_log_rms, rms_normalize
 from metanets.zoo import cnn
 
 from .models import case
@@ -44,9 +45,11 @@ READOUTS = ("mean", "stats")
 
 
 def _gmn(readout):
+    """The old model with the mean readout; the current defaults with stats (mean + max messages, log-RMS inputs)."""
     torch.manual_seed(1)
-    return _random_pool_norm(GMN(out_dim=3, edge_width=9, d=16, layers=2, pool_norm=True, readout=readout)
-                             .double().eval())
+    new = readout == "stats"
+    return _random_pool_norm(GMN(out_dim=3, edge_width=9, d=16, layers=2, pool_norm=True, readout=readout,
+                                 aggregation="mean_max" if new else "mean", edge_scale=new).double().eval())
 
 
 def _unf(desc, readout):
@@ -57,6 +60,8 @@ def _unf(desc, readout):
 
 def _gmn_run(model, desc, sd):
     data = to_graph(desc, sd, mode="vector", grid=GRID)
+    if model.edge_scale is not None:
+        data.edge_scale = edge_log_rms(desc, rms_normalize(desc, sd)[1], data.num_edges).double()
     with torch.no_grad():
         out, emb, edges = model(Batch.from_data_list([data]))
     data.edge_attr = edges

@@ -94,6 +94,8 @@ def test_bad_input(zoo):
         train_metanet("unf", sds[:10], y[:10], "regression", groups[:10], {"readout": "sum"})
     with pytest.raises(MetanetError, match="normalize"):
         train_metanet("unf", sds[:10], y[:10], "regression", groups[:10], {"normalize": "global"})
+    with pytest.raises(MetanetError, match="aggregation"):
+        train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10], {"aggregation": "sum"})
     with pytest.raises(MetanetError, match="schedule"):
         train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10], {"schedule": "step"})
     with pytest.raises(MetanetError, match="loss"):
@@ -210,15 +212,18 @@ def test_checkpoint_normalisation_keeps_predictions_invariant(zoo, kind):
 
 @pytest.mark.parametrize("kind", ["unf", "gmn"])
 def test_zoo_normalisation_and_configs_saved_before_normalize(zoo, kind):
-    """normalize "zoo" feeds one feature per weight; a config saved before the field existed loads as "zoo"."""
+    """normalize "zoo" feeds one feature per weight; a config saved before the field existed loads as "zoo" (and,
+    for GMN, before ``aggregation`` existed as "mean")."""
     sds, y, groups = zoo
-    m = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1, "normalize": "zoo"}, seed=0)
+    old_fields = {"normalize": "zoo", **({"aggregation": "mean"} if kind == "gmn" else {})}
+    m = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1, **old_fields}, seed=0)
     ck = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1}, seed=0)
     assert "standardizer" in m.config and "standardizer" not in ck.config
     params = lambda t: sum(p.numel() for p in t.model.parameters())  # noqa: E731
     assert params(ck) > params(m)  # the log-RMS input feature
     config = json.loads(json.dumps(m.config))
-    del config["train"]["normalize"]
+    for field in old_fields:
+        del config["train"][field]
     old = load_metanet(config, m.state_dict())
     assert predict(old, sds[:4])[0] == predict(m, sds[:4])[0]
 

@@ -221,6 +221,10 @@ def test_zoo_normalisation_and_configs_saved_before_normalize(zoo, kind):
     assert "standardizer" in m.config and "standardizer" not in ck.config
     params = lambda t: sum(p.numel() for p in t.model.parameters())  # noqa: E731
     assert params(ck) > params(m)  # the log-RMS input feature
+    if kind == "gmn":  # mean + max messages widen phi_v's input: the hyperparameter reaches the model
+        mean_only = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1, "aggregation": "mean"})
+        assert params(ck) > params(mean_only)
+        assert params(load_metanet(json.loads(json.dumps(ck.config)), ck.state_dict())) == params(ck)
     config = json.loads(json.dumps(m.config))
     for field in old_fields:
         del config["train"][field]

@@ -23,7 +23,8 @@ from torch import nn  # noqa: E402
 
 from metanets import group_split, load_member, predict, train_metanet  # noqa: E402
 from metanets.training import (_chunks, _lr_factor, _recalibrate_batchnorm,  # noqa: E402
-                               classification_metrics, regression_metrics)
+                               classification_metrics, permuted_copies, regression_metrics)
+from metanets.weightspace import Describer  # noqa: E402
 from metanets.zoo import ZooRecipe, generate_zoo  # noqa: E402
 from metanets.zoo.summary import label_summary  # noqa: E402
 
@@ -93,6 +94,11 @@ def train_nfn(sds, labels, target, groups, hp, seed):
         classes = sorted(set(labels))
         yt, out_dim = torch.tensor([classes.index(v) for v in labels]), len(classes)
         loss_fn = nn.functional.cross_entropy
+    if hp.get("augment"):  # as train_metanet: permuted copies of the training checkpoints, after the originals
+        src = [i for i in tr for _ in range(hp["augment"])]
+        sds = sds + permuted_copies(sds, tr, hp["augment"], Describer(), torch.Generator().manual_seed(seed))
+        yt = torch.cat([yt, yt[src]])
+        tr = tr + list(range(len(sds) - len(src), len(sds)))
     spec = network_spec_from_wsfeat(_nfn_features(sds[:1], stats))
     model = NFNModel(spec, out_dim, in_channels=1 if stats is not None else 2, hidden=hp.get("hidden", 64),
                      pool_norm=hp.get("pool_norm", True))
@@ -201,6 +207,8 @@ def main(argv=None):
     p.add_argument("--readout", choices=["mean", "stats"], default="stats", help="GMN and UNF invariant pooling")
     p.add_argument("--loss", choices=["mse", "bce"], default="mse",
                    help="CNN accuracy regression loss, every model (bce: as in the GMN and UNF papers)")
+    p.add_argument("--augment", type=int, default=0,
+                   help="permuted copies of every training checkpoint (every model; all four are invariant)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="zoo generation processes")
     p.add_argument("--out", default="bench/out/metanets")
@@ -210,7 +218,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": a.channels, "weight_decay": 0.01,
           "val_fraction": 0.15, "test_fraction": 0.15, "pool_norm": not a.no_pool_norm, "readout": a.readout,
-          "schedule": a.schedule, "normalize": a.normalize}
+          "schedule": a.schedule, "normalize": a.normalize, "augment": a.augment}
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "torch_threads": a.threads, "cuda": torch.cuda.is_available(),
                            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},

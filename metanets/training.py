@@ -18,6 +18,7 @@ from torch import nn
 from .errors import MetanetError
 from .models.pooling import AGGREGATIONS, READOUTS
 from .splits import group_split
+from .symmetry import apply_symmetry, random_symmetry
 from .weightspace import Describer, Standardizer, edge_log_rms, float_keys, rms_normalize, signature
 
 KINDS, TARGETS, LOSSES = ("gmn", "unf", "statnn"), ("regression", "classification"), ("mse", "bce")
@@ -49,6 +50,7 @@ class TrainConfig:
     aggregation: str = "mean_max"  # GMN messages: "mean_max" (mean and max over a node's edges) or "mean" (configs
     # without the field: mean)
     loss: str = "mse"  # regression: "mse" on standardised labels, or "bce" on labels in [0, 1] (accuracies)
+    augment: int = 0  # permuted copies (``random_symmetry``) of every training checkpoint added to the training split
     hints: dict | None = None  # passed to ``describe``
 
     @classmethod
@@ -64,6 +66,8 @@ class TrainConfig:
             v = getattr(cfg, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise MetanetError(f"hyperparameter {name!r} must be a positive integer, got {v!r}")
+        if not isinstance(cfg.augment, int) or isinstance(cfg.augment, bool) or cfg.augment < 0:
+            raise MetanetError(f"hyperparameter 'augment' must be a non-negative integer, got {cfg.augment!r}")
         if not isinstance(cfg.pool_norm, bool):
             raise MetanetError(f"hyperparameter 'pool_norm' must be true or false, got {cfg.pool_norm!r}")
         if cfg.loss not in LOSSES:
@@ -235,6 +239,16 @@ def _lr_factor(schedule: str, warmup: int, total: int) -> Callable[[int], float]
     return cosine
 
 
+def permuted_copies(checkpoints: list[dict[str, torch.Tensor]], idx: list[int], copies: int, describer: Describer,
+                    generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
+    """``copies`` random hidden permutations of each checkpoint in ``idx`` (same function, other weights), in order."""
+    out = []
+    for i in idx:
+        desc = describer(checkpoints[i], f"checkpoint {i}")
+        out += [apply_symmetry(desc, checkpoints[i], random_symmetry(desc, generator)) for _ in range(copies)]
+    return out
+
+
 # ---- validation of the inputs ------------------------------------------------------------------------------------
 
 def _check_inputs(kind, checkpoints, labels, target, groups):
@@ -321,6 +335,13 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
         loss_fn = nn.functional.cross_entropy
 
     describer = Describer(cfg.hints)
+    n_train = len(train_idx)
+    if cfg.augment:  # copies go after the originals, so validation and test indices keep pointing at originals
+        src = [i for i in train_idx for _ in range(cfg.augment)]
+        checkpoints = checkpoints + permuted_copies(checkpoints, train_idx, cfg.augment, describer,
+                                                    torch.Generator().manual_seed(seed))
+        y_model = torch.cat([y_model, y_model[src]])
+        train_idx = train_idx + list(range(len(checkpoints) - len(src), len(checkpoints)))
     if kind == "statnn":
         config["keys"] = float_keys(checkpoints[0])
         config["shapes"] = {k: list(checkpoints[0][k].shape) for k in config["keys"]}
@@ -389,7 +410,8 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
                 break
     model.load_state_dict(best)
     metrics = {"train_seconds": time.time() - start, "epochs": len(history), "best_val_loss": best_loss,
-               "split_sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}}
+               "split_sizes": {"train": n_train, "val": len(val_idx), "test": len(test_idx)},
+               "train_checkpoints_seen": len(train_idx)}
     for name, idx in (("validation", val_idx), ("test", test_idx)):
         out, _ = evaluate(idx)
         pred = _decode(config, out)

@@ -242,3 +242,43 @@ def test_cosine_schedule():
     assert all(a >= b for a, b in zip(rates[3:], rates[4:])) and rates[20] == pytest.approx(0.0)
     assert rates[12] == pytest.approx(0.5)
     assert {_lr_factor("constant", 4, 20)(t) for t in range(21)} == {1.0}
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1))
+def test_permuted_copies_compute_the_same_function(zoo, seed):
+    """Augmentation copies are other weights for the same network: same outputs on real digits, changed tensors."""
+    from metanets import rebuild
+    from metanets.training import permuted_copies
+    from metanets.weightspace import Describer
+    from metanets.zoo.data import digits
+
+    sds, _, _ = zoo
+    x = digits(0)[0][:32].view(-1, 1, 8, 8)
+    describer = Describer()
+    copies = permuted_copies(sds, [0, 5], 2, describer, torch.Generator().manual_seed(seed))
+    assert len(copies) == 4
+    for c, i in zip(copies, [0, 0, 5, 5]):
+        assert c.keys() == sds[i].keys() and any(not torch.equal(c[k], sds[i][k]) for k in c)
+        desc = describer(sds[i])
+        torch.testing.assert_close(rebuild(desc, c)(x), rebuild(desc, sds[i])(x), atol=1e-5, rtol=1e-5)
+    assert any(not torch.equal(copies[0][k], copies[1][k]) for k in copies[0])  # each copy draws its own symmetry
+
+
+@pytest.mark.parametrize("kind", ["statnn", "unf", "gmn"])
+def test_augment_adds_permuted_training_copies(zoo, kind):
+    """``augment`` k: the training split is seen as (k + 1) times its checkpoints; validation and test are untouched
+    and the setting is saved with the metanet."""
+    sds, y, groups = zoo
+    plain = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 2}, seed=0)
+    aug = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 2, "augment": 2}, seed=0)
+    n = plain.metrics["split_sizes"]["train"]
+    assert aug.metrics["split_sizes"] == plain.metrics["split_sizes"]
+    assert plain.metrics["train_checkpoints_seen"] == n and aug.metrics["train_checkpoints_seen"] == 3 * n
+    assert aug.config["train"]["augment"] == 2 and plain.config["train"]["augment"] == 0
+    assert aug.metrics["test"]["n"] == plain.metrics["test"]["n"]
+    again = load_metanet(json.loads(json.dumps(aug.config)), aug.state_dict())
+    assert predict(again, sds[:3])[0] == predict(aug, sds[:3])[0]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(MetanetError, match="augment"):
+            train_metanet(kind, sds, y, "regression", groups, {**HP, "augment": bad})

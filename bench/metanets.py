@@ -71,12 +71,18 @@ class NFNModel(nn.Module):
         return self.head(self.body(ws))
 
 
+def _split(groups, hp, seed):
+    """train_metanet's split: by ``hp["split_seed"]`` when set, else by the seed."""
+    split_seed = seed if hp.get("split_seed") is None else hp["split_seed"]
+    return group_split(groups, hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15), split_seed)
+
+
 def train_nfn(sds, labels, target, groups, hp, seed):
     """The same split, label scaling, optimiser and early stopping as ``train_metanet``, for the NFN model."""
     from nfn.common import network_spec_from_wsfeat
 
     torch.manual_seed(seed)
-    tr, va, te = group_split(groups, hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15), seed)
+    tr, va, te = _split(groups, hp, seed)
     stats = None if hp.get("normalize") == "checkpoint" else {}
     for k in sds[0] if stats is not None else []:
         v = torch.stack([sds[i][k] for i in tr]).double()
@@ -163,7 +169,7 @@ def _tau_above_chance(pred, true) -> float:
 
 def run_ours(kind, sds, labels, target, groups, hp, seed):
     m = train_metanet(kind, sds, labels, target, groups, hp, seed=seed)
-    test_idx = group_split(groups, hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15), seed)[2]
+    test_idx = _split(groups, hp, seed)[2]
     t0 = time.time()
     pred, _ = predict(m, [sds[i] for i in test_idx])
     infer = len(test_idx) / (time.time() - t0)
@@ -209,6 +215,8 @@ def main(argv=None):
                    help="CNN accuracy regression loss, every model (bce: as in the GMN and UNF papers)")
     p.add_argument("--augment", type=int, default=0,
                    help="permuted copies of every training checkpoint (every model; all four are invariant)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="one split for every seed (seeds then vary only the initialisation); default: split by seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="zoo generation processes")
     p.add_argument("--out", default="bench/out/metanets")
@@ -218,7 +226,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": a.channels, "weight_decay": 0.01,
           "val_fraction": 0.15, "test_fraction": 0.15, "pool_norm": not a.no_pool_norm, "readout": a.readout,
-          "schedule": a.schedule, "normalize": a.normalize, "augment": a.augment}
+          "schedule": a.schedule, "normalize": a.normalize, "augment": a.augment, "split_seed": a.split_seed}
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "torch_threads": a.threads, "cuda": torch.cuda.is_available(),
                            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},

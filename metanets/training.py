@@ -50,6 +50,8 @@ class TrainConfig:
     aggregation: str = "mean_max"  # GMN messages: "mean_max" (mean and max over a node's edges) or "mean" (configs
     # without the field: mean)
     loss: str = "mse"  # regression: "mse" on standardised labels, or "bce" on labels in [0, 1] (accuracies)
+    split_seed: int | None = None  # seed of the train/validation/test split (None: the training seed), so that
+    # seeds can vary the initialisation over one fixed split
     augment: int = 0  # permuted copies (``random_symmetry``) of every training checkpoint added to the training split
     hints: dict | None = None  # passed to ``describe``
 
@@ -66,6 +68,9 @@ class TrainConfig:
             v = getattr(cfg, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise MetanetError(f"hyperparameter {name!r} must be a positive integer, got {v!r}")
+        if cfg.split_seed is not None and (not isinstance(cfg.split_seed, int) or isinstance(cfg.split_seed, bool)
+                                           or cfg.split_seed < 0):
+            raise MetanetError(f"hyperparameter 'split_seed' must be a non-negative integer, got {cfg.split_seed!r}")
         if not isinstance(cfg.augment, int) or isinstance(cfg.augment, bool) or cfg.augment < 0:
             raise MetanetError(f"hyperparameter 'augment' must be a non-negative integer, got {cfg.augment!r}")
         if not isinstance(cfg.pool_norm, bool):
@@ -309,7 +314,8 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
     cfg = TrainConfig.parse(hyperparameters)
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train_idx, val_idx, test_idx = group_split(groups, cfg.val_fraction, cfg.test_fraction, seed)
+    train_idx, val_idx, test_idx = group_split(groups, cfg.val_fraction, cfg.test_fraction,
+                                               seed if cfg.split_seed is None else cfg.split_seed)
     if cfg.pool_norm and kind != "statnn" and len(train_idx) < 2:
         raise MetanetError("pool_norm (BatchNorm over checkpoints) needs at least 2 training checkpoints; "
                            "add checkpoints or set pool_norm to false")

@@ -282,3 +282,17 @@ def test_augment_adds_permuted_training_copies(zoo, kind):
     for bad in (-1, 1.5, True):
         with pytest.raises(MetanetError, match="augment"):
             train_metanet(kind, sds, y, "regression", groups, {**HP, "augment": bad})
+
+
+def test_split_seed_fixes_the_split_across_seeds(zoo):
+    """``split_seed`` decouples the split from the seed: the training split (seen through its label mean) stays,
+    the initialisation changes; without it each seed splits anew."""
+    sds, y, groups = zoo
+    fit = lambda seed, **hp: train_metanet("statnn", sds, y, "regression", groups, {**HP, "epochs": 2, **hp}, seed=seed)  # noqa: E731
+    a, b = fit(0, split_seed=7), fit(1, split_seed=7)
+    assert a.config["label_mean"] == b.config["label_mean"]
+    assert not torch.equal(a.state_dict()["out.weight"], b.state_dict()["out.weight"])
+    assert fit(0).config["label_mean"] != fit(1).config["label_mean"]
+    assert fit(7).config["label_mean"] == a.config["label_mean"]
+    with pytest.raises(MetanetError, match="split_seed"):
+        fit(0, split_seed=-1)

@@ -23,7 +23,8 @@ from torch import nn  # noqa: E402
 
 from metanets import group_split, load_member, predict, train_metanet  # noqa: E402
 from metanets.training import (_chunks, _lr_factor, _recalibrate_batchnorm,  # noqa: E402
-                               classification_metrics, permuted_copies, regression_metrics)
+                               augment_training_split, classification_metrics,
+                               regression_metrics)
 from metanets.weightspace import Describer  # noqa: E402
 from metanets.zoo import ZooRecipe, generate_zoo  # noqa: E402
 from metanets.zoo.summary import label_summary  # noqa: E402
@@ -100,11 +101,7 @@ def train_nfn(sds, labels, target, groups, hp, seed):
         classes = sorted(set(labels))
         yt, out_dim = torch.tensor([classes.index(v) for v in labels]), len(classes)
         loss_fn = nn.functional.cross_entropy
-    if hp.get("augment"):  # as train_metanet: permuted copies of the training checkpoints, after the originals
-        src = [i for i in tr for _ in range(hp["augment"])]
-        sds = sds + permuted_copies(sds, tr, hp["augment"], Describer(), torch.Generator().manual_seed(seed))
-        yt = torch.cat([yt, yt[src]])
-        tr = tr + list(range(len(sds) - len(src), len(sds)))
+    sds, yt, tr = augment_training_split(sds, yt, tr, hp.get("augment", 0), Describer(), seed)  # as train_metanet
     spec = network_spec_from_wsfeat(_nfn_features(sds[:1], stats))
     model = NFNModel(spec, out_dim, in_channels=1 if stats is not None else 2, hidden=hp.get("hidden", 64),
                      pool_norm=hp.get("pool_norm", True))

@@ -23,6 +23,7 @@ from .weightspace import Describer, Standardizer, edge_log_rms, float_keys, rms_
 
 KINDS, TARGETS, LOSSES = ("gmn", "unf", "statnn"), ("regression", "classification"), ("mse", "bce")
 SCHEDULES, NORMALIZE = ("constant", "cosine"), ("zoo", "checkpoint")
+MAX_AUGMENT = 16
 
 
 @dataclass
@@ -64,15 +65,15 @@ class TrainConfig:
             raise MetanetError(f"unknown hyperparameters {unknown} (known: {sorted(known)})")
         cfg = cls(**hp)
         cfg.grid = tuple(cfg.grid)
-        for name in ("epochs", "batch_size", "hidden", "layers", "channels"):
+        for name, low in (("epochs", 1), ("batch_size", 1), ("hidden", 1), ("layers", 1), ("channels", 1),
+                          ("augment", 0), ("split_seed", 0)):
             v = getattr(cfg, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise MetanetError(f"hyperparameter {name!r} must be a positive integer, got {v!r}")
-        if cfg.split_seed is not None and (not isinstance(cfg.split_seed, int) or isinstance(cfg.split_seed, bool)
-                                           or cfg.split_seed < 0):
-            raise MetanetError(f"hyperparameter 'split_seed' must be a non-negative integer, got {cfg.split_seed!r}")
-        if not isinstance(cfg.augment, int) or isinstance(cfg.augment, bool) or cfg.augment < 0:
-            raise MetanetError(f"hyperparameter 'augment' must be a non-negative integer, got {cfg.augment!r}")
+            if name == "split_seed" and v is None:
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise MetanetError(f"hyperparameter {name!r} must be an integer >= {low}, got {v!r}")
+        if cfg.augment > MAX_AUGMENT:  # every copy is held in memory with its features
+            raise MetanetError(f"hyperparameter 'augment' must be at most {MAX_AUGMENT}, got {cfg.augment}")
         if not isinstance(cfg.pool_norm, bool):
             raise MetanetError(f"hyperparameter 'pool_norm' must be true or false, got {cfg.pool_norm!r}")
         if cfg.loss not in LOSSES:
@@ -254,6 +255,18 @@ def permuted_copies(checkpoints: list[dict[str, torch.Tensor]], idx: list[int], 
     return out
 
 
+def augment_training_split(checkpoints: list[dict[str, torch.Tensor]], y: torch.Tensor, train_idx: list[int],
+                           copies: int, describer: Describer, seed: int):
+    """(checkpoints, y, train_idx) with ``copies`` permuted copies of every training checkpoint appended after the
+    originals (so validation and test indices still point at originals) and added to ``train_idx``."""
+    if not copies:
+        return checkpoints, y, train_idx
+    src = [i for i in train_idx for _ in range(copies)]
+    extra = permuted_copies(checkpoints, train_idx, copies, describer, torch.Generator().manual_seed(seed))
+    n = len(checkpoints)
+    return checkpoints + extra, torch.cat([y, y[src]]), train_idx + list(range(n, n + len(extra)))
+
+
 # ---- validation of the inputs ------------------------------------------------------------------------------------
 
 def _check_inputs(kind, checkpoints, labels, target, groups):
@@ -342,12 +355,8 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
 
     describer = Describer(cfg.hints)
     n_train = len(train_idx)
-    if cfg.augment:  # copies go after the originals, so validation and test indices keep pointing at originals
-        src = [i for i in train_idx for _ in range(cfg.augment)]
-        checkpoints = checkpoints + permuted_copies(checkpoints, train_idx, cfg.augment, describer,
-                                                    torch.Generator().manual_seed(seed))
-        y_model = torch.cat([y_model, y_model[src]])
-        train_idx = train_idx + list(range(len(checkpoints) - len(src), len(checkpoints)))
+    checkpoints, y_model, train_idx = augment_training_split(checkpoints, y_model, train_idx, cfg.augment, describer,
+                                                             seed)
     if kind == "statnn":
         config["keys"] = float_keys(checkpoints[0])
         config["shapes"] = {k: list(checkpoints[0][k].shape) for k in config["keys"]}

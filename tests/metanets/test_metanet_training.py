@@ -279,7 +279,7 @@ def test_augment_adds_permuted_training_copies(zoo, kind):
     assert aug.metrics["test"]["n"] == plain.metrics["test"]["n"]
     again = load_metanet(json.loads(json.dumps(aug.config)), aug.state_dict())
     assert predict(again, sds[:3])[0] == predict(aug, sds[:3])[0]
-    for bad in (-1, 1.5, True):
+    for bad in (-1, 1.5, True, 17):
         with pytest.raises(MetanetError, match="augment"):
             train_metanet(kind, sds, y, "regression", groups, {**HP, "augment": bad})
 
@@ -288,7 +288,10 @@ def test_split_seed_fixes_the_split_across_seeds(zoo):
     """``split_seed`` decouples the split from the seed: the training split (seen through its label mean) stays,
     the initialisation changes; without it each seed splits anew."""
     sds, y, groups = zoo
-    fit = lambda seed, **hp: train_metanet("statnn", sds, y, "regression", groups, {**HP, "epochs": 2, **hp}, seed=seed)  # noqa: E731
+
+    def fit(seed, **hp):
+        return train_metanet("statnn", sds, y, "regression", groups, {**HP, "epochs": 2, **hp}, seed=seed)
+
     a, b = fit(0, split_seed=7), fit(1, split_seed=7)
     assert a.config["label_mean"] == b.config["label_mean"]
     assert not torch.equal(a.state_dict()["out.weight"], b.state_dict()["out.weight"])

@@ -207,9 +207,12 @@ def main(argv=None):
     p.add_argument("--no-pool-norm", action="store_true",
                    help="no BatchNorm on the pooled invariant features (GMN, UNF, NFN): the behaviour before")
     p.add_argument("--channels", type=int, default=8, help="UNF channels (the NFN peer always has 16)")
-    p.add_argument("--readout", choices=["mean", "stats"], default="stats", help="GMN and UNF invariant pooling")
+    p.add_argument("--readout", choices=["mean", "stats", "layer_stats"], default="stats",
+                   help="GMN and UNF invariant pooling (layer_stats: GMN per layer; UNF pools per tensor anyway)")
     p.add_argument("--loss", choices=["mse", "bce"], default="mse",
                    help="CNN accuracy regression loss, every model (bce: as in the GMN and UNF papers)")
+    p.add_argument("--statistics", choices=["signed_log", "raw"], default="signed_log",
+                   help="StatNN inputs: signed log of the statistics, or raw (the behaviour before)")
     p.add_argument("--augment", type=int, default=0,
                    help="permuted copies of every training checkpoint (every model; all four are invariant)")
     p.add_argument("--split-seed", type=int, default=None,
@@ -223,7 +226,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": a.channels, "weight_decay": 0.01,
           "val_fraction": 0.15, "test_fraction": 0.15, "pool_norm": not a.no_pool_norm, "readout": a.readout,
-          "schedule": a.schedule, "normalize": a.normalize, "augment": a.augment, "split_seed": a.split_seed}
+          "schedule": a.schedule, "normalize": a.normalize, "augment": a.augment, "split_seed": a.split_seed,
+          "statistics": a.statistics}
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "torch_threads": a.threads, "cuda": torch.cuda.is_available(),
                            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},

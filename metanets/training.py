@@ -22,7 +22,7 @@ from .symmetry import apply_symmetry, random_symmetry
 from .weightspace import Describer, Standardizer, edge_log_rms, float_keys, rms_normalize, signature
 
 KINDS, TARGETS, LOSSES = ("gmn", "unf", "statnn"), ("regression", "classification"), ("mse", "bce")
-SCHEDULES, NORMALIZE = ("constant", "cosine"), ("zoo", "checkpoint")
+SCHEDULES, NORMALIZE, STATISTICS = ("constant", "cosine"), ("zoo", "checkpoint"), ("signed_log", "raw")
 MAX_AUGMENT = 16
 
 
@@ -43,7 +43,8 @@ class TrainConfig:
     max_terms: int = 4000  # UNF basis guard (terms over all layers)
     grid: tuple[int, int, int] = (1, 3, 3)  # GMN kernel box (vector-mode graph)
     pool_norm: bool = True  # GMN/UNF: BatchNorm on the pooled invariant features (configs without it: off)
-    readout: str = "stats"  # GMN/UNF invariant pooling: "stats" or "mean" (configs without it: mean); models/pooling.py
+    readout: str = "stats"  # GMN/UNF invariant pooling: "stats", "layer_stats" (GMN: per layer) or "mean" (configs
+    # without it: mean); models/pooling.py
     normalize: str = "checkpoint"  # GMN/UNF inputs: "checkpoint" (each tensor over its own RMS, plus its log RMS as a
     # second input feature: weightspace.rms_normalize) or "zoo" (per-tensor standardisation fitted on the training
     # split); configs saved without the field: zoo
@@ -53,6 +54,8 @@ class TrainConfig:
     loss: str = "mse"  # regression: "mse" on standardised labels, or "bce" on labels in [0, 1] (accuracies)
     split_seed: int | None = None  # seed of the train/validation/test split (None: the training seed), so that
     # seeds can vary the initialisation over one fixed split
+    statistics: str = "signed_log"  # StatNN inputs: "signed_log" (sign(x) log(1 + |x|) of every statistic, robust to
+    # runs whose weights blew up) or "raw" (configs without the field); models/statnn.py
     augment: int = 0  # permuted copies (``random_symmetry``) of every training checkpoint added to the training split
     hints: dict | None = None  # passed to ``describe``
 
@@ -83,6 +86,8 @@ class TrainConfig:
         if cfg.aggregation not in AGGREGATIONS:
             raise MetanetError(f"hyperparameter 'aggregation' must be one of {list(AGGREGATIONS)}, "
                                f"got {cfg.aggregation!r}")
+        if cfg.statistics not in STATISTICS:
+            raise MetanetError(f"hyperparameter 'statistics' must be one of {list(STATISTICS)}, got {cfg.statistics!r}")
         if cfg.schedule not in SCHEDULES:
             raise MetanetError(f"hyperparameter 'schedule' must be one of {list(SCHEDULES)}, got {cfg.schedule!r}")
         if cfg.readout not in READOUTS:
@@ -115,7 +120,8 @@ class _Features:
         if kind == "statnn":
             from .models.statnn import tensor_statistics
 
-            self.x = torch.stack([tensor_statistics(sd, config["keys"]) for sd in checkpoints]).float()
+            signed_log = config["train"].get("statistics", "raw") == "signed_log"
+            self.x = torch.stack([tensor_statistics(sd, config["keys"], signed_log) for sd in checkpoints]).float()
             return
         describer = describer or Describer(config["train"].get("hints"))
         if config["train"].get("normalize", "zoo") == "checkpoint":
@@ -187,7 +193,8 @@ def _build_model(config: dict) -> nn.Module:
 
     return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"],
                pool_norm=t.get("pool_norm", False), readout=t.get("readout", "mean"),
-               edge_scale=_input_features(t) == 2, aggregation=t.get("aggregation", "mean"))
+               edge_scale=_input_features(t) == 2, aggregation=t.get("aggregation", "mean"),
+               layer_slots=config.get("layer_slots", 1))
 
 
 def _input_features(train: dict) -> int:
@@ -379,6 +386,8 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
                 except ValueError as exc:
                     raise MetanetError(f"checkpoint {i}: {exc}; raise hyperparameter 'grid'") from exc
     feats = _Features(config, checkpoints, describer)
+    if kind == "gmn":  # readout "layer_stats": one pooling slot per layer of the deepest training checkpoint
+        config["layer_slots"] = max(len(torch.unique(g.x[:, 1])) for g in feats.graphs)
     model = _build_model(config)
     if kind == "statnn":
         xs = feats.x[train_idx]

@@ -5,7 +5,8 @@ edges from their end nodes, then nodes from the mean (``aggregation="mean_max"``
 in-edges and along out-edges (pre-norm
 residual blocks). Readout (invariant): mean and max over nodes plus mean over edges of the last block, or with
 ``readout="stats"`` mean, std, max and min over nodes and over edges after the encoder and every block (jumping
-knowledge). A per-edge linear head gives one output per weight (equivariant), which ``graph_to_state_dict`` maps
+knowledge); ``readout="layer_stats"`` takes the same statistics per layer (nodes by their layer, edges by
+their target's), as UNF and StatNN see each tensor apart. A per-edge linear head gives one output per weight (equivariant), which ``graph_to_state_dict`` maps
 back to a state dict.
 """
 from __future__ import annotations
@@ -75,13 +76,14 @@ class GMN(nn.Module):
 
     def __init__(self, out_dim: int, edge_width: int, d: int = 64, layers: int = 4, max_layer: int = 64,
                  pool_norm: bool = False, readout: str = "mean", edge_scale: bool = False,
-                 aggregation: str = "mean"):
+                 aggregation: str = "mean", layer_slots: int = 1):
         super().__init__()
         if readout not in READOUTS:
             raise MetanetError(f"unknown readout {readout!r} (known: {list(READOUTS)})")
         if aggregation not in AGGREGATIONS:
             raise MetanetError(f"unknown aggregation {aggregation!r} (known: {list(AGGREGATIONS)})")
         self.max_layer, self.readout_kind = max_layer, readout
+        self.layer_slots = layer_slots if readout == "layer_stats" else 1  # deeper layers pool into the last slot
         self.node_type, self.edge_type = nn.Embedding(len(NODE_TYPES), d), nn.Embedding(len(EDGE_TYPES), d)
         self.layer = nn.Embedding(max_layer, d)
         self.index_freq = nn.Linear(1, d)  # sin features of an input/output neuron's fixed index
@@ -90,7 +92,7 @@ class GMN(nn.Module):
         self.edge_scale = nn.Linear(1, d) if edge_scale else None  # data.edge_scale: the log RMS of the edge's tensor
         self.blocks = nn.ModuleList(GMNBlock(d, aggregation) for _ in range(layers))
         self.norm_v, self.norm_e = nn.LayerNorm(d), nn.LayerNorm(d)
-        pooled = 3 * d if readout == "mean" else 2 * STAT_COUNT * d * (layers + 1)
+        pooled = 3 * d if readout == "mean" else 2 * STAT_COUNT * d * (layers + 1) * self.layer_slots
         self.pool_norm = nn.BatchNorm1d(pooled) if pool_norm else nn.Identity()  # see UNF: standardise over graphs
         self.readout = mlp(pooled, d)
         self.out = nn.Linear(d, out_dim)
@@ -115,15 +117,30 @@ class GMN(nn.Module):
         v, e = self.encode(data)
         batch = data.batch if data.batch is not None else torch.zeros(len(v), dtype=torch.long, device=v.device)
         edge_batch, graphs = batch[data.edge_index[0]], int(batch.max()) + 1 if len(batch) else 0
-        stats = lambda v, e: [segment_stats(v, batch, graphs), segment_stats(e, edge_batch, graphs)]  # noqa: E731
-        pools = stats(v, e) if self.readout_kind == "stats" else []
+        node_set = self._layer_slot(data.x[:, 1], batch, graphs) + batch * self.layer_slots
+        edge_set, sets = node_set[data.edge_index[1]], graphs * self.layer_slots
+
+        def stats(v, e):
+            return [segment_stats(x, s, sets).view(graphs, -1) for x, s in ((v, node_set), (e, edge_set))]
+        pools = stats(v, e) if self.readout_kind != "mean" else []
         for i, block in enumerate(self.blocks):
             v, e = block(v, data.edge_index, e)
             if i == len(self.blocks) - 1:
                 v, e = self.norm_v(v), self.norm_e(e)
-            if self.readout_kind == "stats":
+            if self.readout_kind != "mean":
                 pools += stats(v, e)
         if self.readout_kind == "mean":
             pools = [global_mean_pool(v, batch), global_max_pool(v, batch), global_mean_pool(e, edge_batch)]
         emb = self.readout(self.pool_norm(torch.cat(pools, 1)))
         return self.out(emb), emb, self.edge_head(e)
+
+    def _layer_slot(self, layer, batch, graphs):
+        """Each node's layer as its rank among its graph's distinct layers (0: inputs), capped at the last slot;
+        all 0 with one slot. Ranks, not raw layer numbers, so ops without nodes (activations) leave no gaps."""
+        if self.layer_slots == 1:
+            return torch.zeros_like(batch)
+        from torch_geometric.utils import scatter
+
+        _, rank = torch.unique(batch * self.max_layer + layer.clamp(0, self.max_layer - 1), return_inverse=True)
+        first = scatter(rank, batch, 0, dim_size=graphs, reduce="min")
+        return (rank - first[batch]).clamp(max=self.layer_slots - 1)

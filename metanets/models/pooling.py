@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-READOUTS = ("mean", "stats")
+READOUTS = ("mean", "stats", "layer_stats")  # UNF already pools each tensor apart: layer_stats = stats
 AGGREGATIONS = ("mean", "mean_max")  # GMN: how messages along a node's edges are combined
 STAT_COUNT = 4  # mean, std, max, min
 

@@ -1,4 +1,9 @@
-"""StatNN baseline (Unterthiner et al. 2020): per-tensor mean, variance and quantiles into an MLP."""
+"""StatNN baseline (Unterthiner et al. 2020): per-tensor mean, variance and quantiles into an MLP.
+
+The statistics pass through a signed log, sign(x) log(1 + |x|), before standardisation: a zoo holds a few runs whose
+weights grew by orders of magnitude (biases of 60 where the rest stay below 1), and on raw statistics such a
+checkpoint lies so far outside the training range that the MLP's extrapolation is nonsense (a test accuracy of -21).
+"""
 from __future__ import annotations
 
 import torch
@@ -7,14 +12,16 @@ from torch import nn
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def tensor_statistics(state_dict: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
-    """(7 * len(keys),) features: mean, variance and the five quantiles of every listed tensor."""
+def tensor_statistics(state_dict: dict[str, torch.Tensor], keys: list[str], signed_log: bool = True) -> torch.Tensor:
+    """(7 * len(keys),) features: mean, variance and the five quantiles of every listed tensor, through a signed log
+    unless ``signed_log`` is False (StatNN configs saved before it)."""
     feats = []
     for k in keys:
         t = state_dict[k].double().reshape(-1)
         q = torch.quantile(t, torch.tensor(QUANTILES, dtype=torch.float64))
         feats.append(torch.cat([t.mean()[None], t.var(unbiased=False)[None], q]))
-    return torch.cat(feats)
+    feats = torch.cat(feats)
+    return torch.sign(feats) * torch.log1p(feats.abs()) if signed_log else feats
 
 
 class StatNN(nn.Module):

@@ -155,7 +155,8 @@ class UNF(nn.Module):
     """Equivariant UNF layers with ReLU, invariant pooling over permutable axes, then an MLP head.
 
     ``readout="mean"`` pools the last layer's features by their mean; ``"stats"`` pools the input and every
-    layer's output (jumping knowledge) by mean, std, max and min.
+    layer's output (jumping knowledge) by mean, std, max and min, each tensor apart (so ``"layer_stats"``, GMN's
+    per-layer pooling, is the same here).
     """
 
     def __init__(self, entries: list[dict], out_dim: int, channels: int = 8, layers: int = 3, hidden: int = 128,
@@ -185,12 +186,12 @@ class UNF(nn.Module):
     def forward(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``tensors[key]`` is (B, *entry shape, in_channels); returns (outputs (B, out_dim), embeddings (B, hidden))."""
         xs = [s.fold(tensors[s.key]) for s in self.slots]
-        pools = [self._pool(xs)] if self.readout == "stats" else []
+        pools = [self._pool(xs)] if self.readout != "mean" else []
         for i, layer in enumerate(self.layers):
             xs = layer(xs)
             if i < len(self.layers) - 1:
                 xs = [torch.relu(x) for x in xs]
-            if self.readout == "stats":
+            if self.readout != "mean":
                 pools.append(self._pool(xs))
         if self.readout == "mean":
             pools = [torch.cat([x.flatten(1, -2).mean(1) if x.dim() > 2 else x for x in xs], dim=1)]

@@ -10,6 +10,7 @@ from torch_geometric.data import Batch
 
 from metanets import apply_symmetry, describe, graph_to_state_dict, random_symmetry, to_graph, unf_spec, unf_tensors
 from metanets.models.gmn import GMN
+from metanets.models.pooling import READOUTS
 from metanets.models.unf import UNF
 from metanets.weightspace import edge_log_rms, rms_normalize
 from metanets.zoo import cnn
@@ -41,15 +42,14 @@ def _random_pool_norm(model):
     return model
 
 
-READOUTS = ("mean", "stats")
-
-
 def _gmn(readout):
-    """The old model with the mean readout; the current defaults with stats (mean + max messages, log-RMS inputs)."""
+    """The old model with the mean readout; the current defaults with stats (mean + max messages, log-RMS inputs);
+    layer_stats with 3 slots, fewer than the CNN's layers, so the deeper ones share the last."""
     torch.manual_seed(1)
-    new = readout == "stats"
+    new = readout != "mean"
     return _random_pool_norm(GMN(out_dim=3, edge_width=9, d=16, layers=2, pool_norm=True, readout=readout,
-                                 aggregation="mean_max" if new else "mean", edge_scale=new).double().eval())
+                                 aggregation="mean_max" if new else "mean", edge_scale=new,
+                                 layer_slots=3).double().eval())
 
 
 def _unf(desc, readout):
@@ -133,3 +133,21 @@ def test_outputs_change_under_non_symmetries(nets, name, readout):
         for what, changed in _not_symmetries(name, sd).items():
             change = (run(net, changed) - base).abs().max()
             assert change > 1e4 * noise + 1e-11, f"{type(net).__name__} blind to {what}: {change} vs noise {noise}"
+
+
+def test_gmn_layer_slots_are_per_graph_in_a_batch():
+    """layer_stats ranks layers within each graph: a batch of a CNN and an MLP (other depths, other layer numbers)
+    gives each the output it gets alone; the CNN's layers fill the slots in order, the deepest sharing the last."""
+    torch.manual_seed(3)
+    model = _random_pool_norm(GMN(out_dim=2, edge_width=9, d=8, layers=1, pool_norm=True, readout="layer_stats",
+                                  layer_slots=6).double().eval())
+    graphs = [to_graph(*make(), mode="vector", grid=GRID) for make in (_cnn_checkpoint, _mlp_checkpoint)]
+    with torch.no_grad():
+        together = model(Batch.from_data_list(graphs))[0]
+        alone = torch.cat([model(Batch.from_data_list([g]))[0] for g in graphs])
+    torch.testing.assert_close(together, alone, rtol=1e-9, atol=1e-9)
+    layer = graphs[0].x[:, 1]
+    rank = torch.unique(layer, return_inverse=True)[1]  # CNN layers 0, 1, 3, 5, 9 -> 0..4
+    batch = torch.zeros(len(layer), dtype=torch.long)
+    assert torch.equal(model._layer_slot(layer, batch, 1), rank)
+    assert torch.equal(_gmn("layer_stats")._layer_slot(layer, batch, 1), rank.clamp(max=2))

@@ -9,6 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from metanets import (MetanetError, apply_symmetry, compatible, describe, load_metanet, predict, random_symmetry,
                       train_metanet)
+from metanets.models.statnn import tensor_statistics
+from metanets.training import _Features
 from metanets.weightspace import rms_normalize
 from metanets.zoo import ZooRecipe, generate_zoo, load_member
 
@@ -137,6 +139,37 @@ def test_mean_readout_and_configs_saved_before_readout(zoo, kind):
     del config["train"]["readout"]
     old = load_metanet(config, m.state_dict())
     assert predict(old, sds[:4])[0] == predict(m, sds[:4])[0]
+
+
+def test_gmn_layer_stats_readout(zoo):
+    """readout "layer_stats" stores one pooling slot per layer of the zoo's CNNs (input, 3 convs, dense = 5),
+    pools 5 times the stats width, ranks held-out checkpoints and reloads to the same predictions."""
+    sds, y, groups = zoo
+    m = train_metanet("gmn", sds, y, "regression", groups, {**HP, "readout": "layer_stats"}, seed=0)
+    stats = train_metanet("gmn", sds, y, "regression", groups, {**HP, "epochs": 1}, seed=0)
+    assert m.config["layer_slots"] == 5 and m.metrics["test"]["kendall_tau"] > 0.5, m.metrics
+    width = lambda t: next(x for x in t.model.modules() if isinstance(x, torch.nn.BatchNorm1d)).num_features  # noqa: E731
+    assert width(m) == 5 * width(stats)
+    again = load_metanet(json.loads(json.dumps(m.config)), m.state_dict())
+    assert predict(again, sds[:6])[0] == predict(m, sds[:6])[0]
+
+
+def test_statnn_reads_signed_log_statistics(trained, zoo):
+    """StatNN standardises sign(x) log(1 + |x|) of its statistics: on checkpoints whose biases blew up 100-fold its
+    predictions leave the label range far less than with raw statistics (configs saved before the field)."""
+    sds, y, groups = zoo
+    m = trained["statnn"]
+    assert m.config["train"]["statistics"] == "signed_log"
+    raw = tensor_statistics(sds[0], m.config["keys"], signed_log=False)
+    assert torch.equal(tensor_statistics(sds[0], m.config["keys"]), torch.sign(raw) * torch.log1p(raw.abs()))
+    raw_m = train_metanet("statnn", sds, y, "regression", groups, {**HP, "statistics": "raw"}, seed=0)
+    exploded = [{k: v * 100 if k.endswith("bias") else v for k, v in sd.items()} for sd in sds[:5]]
+    excursion = lambda net: max(abs(p - 0.5) for p in predict(net, exploded)[0])  # noqa: E731
+    assert 10 * excursion(m) < excursion(raw_m)
+    old = json.loads(json.dumps(raw_m.config))
+    del old["train"]["statistics"]
+    assert torch.equal(_Features(old, sds[:1]).x[0], raw.float())
+    assert predict(load_metanet(old, raw_m.state_dict()), sds[:4])[0] == predict(raw_m, sds[:4])[0]
 
 
 def test_bce_loss_predicts_fractions(zoo):

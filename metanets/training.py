@@ -23,7 +23,10 @@ from .weightspace import Describer, Standardizer, edge_log_rms, float_keys, rms_
 
 KINDS, TARGETS, LOSSES = ("gmn", "unf", "statnn"), ("regression", "classification"), ("mse", "bce")
 SCHEDULES, NORMALIZE, STATISTICS = ("constant", "cosine"), ("zoo", "checkpoint"), ("signed_log", "raw")
-MAX_AUGMENT = 16
+# integer hyperparameters: (low, high). Highs keep one request from exhausting a worker: model sizes, and augment
+# (every permuted copy is held in memory with its features); seeds fit torch.Generator.manual_seed
+INTEGER_BOUNDS = {"epochs": (1, 10_000), "batch_size": (1, 4096), "hidden": (1, 1024), "layers": (1, 16),
+                  "channels": (1, 128), "augment": (0, 16), "split_seed": (0, 2 ** 63 - 1)}
 
 
 @dataclass
@@ -68,15 +71,14 @@ class TrainConfig:
             raise MetanetError(f"unknown hyperparameters {unknown} (known: {sorted(known)})")
         cfg = cls(**hp)
         cfg.grid = tuple(cfg.grid)
-        for name, low in (("epochs", 1), ("batch_size", 1), ("hidden", 1), ("layers", 1), ("channels", 1),
-                          ("augment", 0), ("split_seed", 0)):
+        for name, (low, high) in INTEGER_BOUNDS.items():
             v = getattr(cfg, name)
             if name == "split_seed" and v is None:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise MetanetError(f"hyperparameter {name!r} must be an integer >= {low}, got {v!r}")
-        if cfg.augment > MAX_AUGMENT:  # every copy is held in memory with its features
-            raise MetanetError(f"hyperparameter 'augment' must be at most {MAX_AUGMENT}, got {cfg.augment}")
+            if v > high:
+                raise MetanetError(f"hyperparameter {name!r} must be at most {high}, got {v}")
         if not isinstance(cfg.pool_norm, bool):
             raise MetanetError(f"hyperparameter 'pool_norm' must be true or false, got {cfg.pool_norm!r}")
         if cfg.loss not in LOSSES:

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from metanets import (MetanetError, apply_symmetry, compatible, describe, load_metanet, predict, random_symmetry,
                       train_metanet)
 from metanets.models.statnn import tensor_statistics
-from metanets.training import _Features
+from metanets.training import INTEGER_BOUNDS, TrainConfig, _Features
 from metanets.weightspace import rms_normalize
 from metanets.zoo import ZooRecipe, generate_zoo, load_member
 
@@ -315,6 +315,17 @@ def test_augment_adds_permuted_training_copies(zoo, kind):
     for bad in (-1, 1.5, True, 17):
         with pytest.raises(MetanetError, match="augment"):
             train_metanet(kind, sds, y, "regression", groups, {**HP, "augment": bad})
+
+
+@pytest.mark.parametrize("name", sorted(INTEGER_BOUNDS))
+def test_integer_hyperparameters_are_bounded(name):
+    """Each integer hyperparameter parses at both bounds and is refused one step outside, naming the bound."""
+    low, high = INTEGER_BOUNDS[name]
+    assert getattr(TrainConfig.parse({name: low}), name) == low and getattr(TrainConfig.parse({name: high}), name) == high
+    with pytest.raises(MetanetError, match=f"{name}.*>= {low}"):
+        TrainConfig.parse({name: low - 1})
+    with pytest.raises(MetanetError, match=f"{name}.*at most {high}"):
+        TrainConfig.parse({name: high + 1})
 
 
 def test_split_seed_fixes_the_split_across_seeds(zoo):

@@ -81,19 +81,11 @@ class TrainConfig:
                 raise MetanetError(f"hyperparameter {name!r} must be at most {high}, got {v}")
         if not isinstance(cfg.pool_norm, bool):
             raise MetanetError(f"hyperparameter 'pool_norm' must be true or false, got {cfg.pool_norm!r}")
-        if cfg.loss not in LOSSES:
-            raise MetanetError(f"hyperparameter 'loss' must be one of {list(LOSSES)}, got {cfg.loss!r}")
-        if cfg.normalize not in NORMALIZE:
-            raise MetanetError(f"hyperparameter 'normalize' must be one of {list(NORMALIZE)}, got {cfg.normalize!r}")
-        if cfg.aggregation not in AGGREGATIONS:
-            raise MetanetError(f"hyperparameter 'aggregation' must be one of {list(AGGREGATIONS)}, "
-                               f"got {cfg.aggregation!r}")
-        if cfg.statistics not in STATISTICS:
-            raise MetanetError(f"hyperparameter 'statistics' must be one of {list(STATISTICS)}, got {cfg.statistics!r}")
-        if cfg.schedule not in SCHEDULES:
-            raise MetanetError(f"hyperparameter 'schedule' must be one of {list(SCHEDULES)}, got {cfg.schedule!r}")
-        if cfg.readout not in READOUTS:
-            raise MetanetError(f"hyperparameter 'readout' must be one of {list(READOUTS)}, got {cfg.readout!r}")
+        for name, choices in (("loss", LOSSES), ("normalize", NORMALIZE), ("aggregation", AGGREGATIONS),
+                              ("statistics", STATISTICS), ("schedule", SCHEDULES), ("readout", READOUTS)):
+            v = getattr(cfg, name)
+            if v not in choices:
+                raise MetanetError(f"hyperparameter {name!r} must be one of {list(choices)}, got {v!r}")
         if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
             raise MetanetError(f"hyperparameter 'lr' must be positive, got {cfg.lr!r}")
         return cfg
@@ -388,7 +380,7 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
                 except ValueError as exc:
                     raise MetanetError(f"checkpoint {i}: {exc}; raise hyperparameter 'grid'") from exc
     feats = _Features(config, checkpoints, describer)
-    if kind == "gmn":  # readout "layer_stats": one pooling slot per layer of the deepest training checkpoint
+    if kind == "gmn" and cfg.readout == "layer_stats":  # one pooling slot per layer of the deepest checkpoint
         config["layer_slots"] = max(len(torch.unique(g.x[:, 1])) for g in feats.graphs)
     model = _build_model(config)
     if kind == "statnn":

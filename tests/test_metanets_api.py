@@ -102,7 +102,8 @@ def test_bad_zoo_and_training_requests_start_no_job(client):
     big = client.post("/v1/zoos", json={"name": "b", "members": [{"checkpoint_id": a, "labels": {"acc": 12.5}}]}).json()["zoo"]
     for hp, words_in_detail in (({"loss": "bce"}, "[0, 1]"), ({"readout": "sum"}, "readout"),
                                 ({"normalize": "global"}, "normalize"), ({"schedule": "step"}, "schedule"),
-                                ({"aggregation": "sum"}, "aggregation"), ({"augment": -1}, "augment"), ({"augment": 10 ** 6}, "at most"),
+                                ({"aggregation": "sum"}, "aggregation"), ({"augment": -1}, "augment"),
+                                ({"augment": 10 ** 6}, "at most"),
                                 ({"hidden": 10 ** 6}, "'hidden' must be at most"),
                                 ({"split_seed": "a"}, "split_seed"), ({"statistics": "log"}, "statistics")):
         r = client.post("/v1/metanets", json={"kind": "gmn", "zoo": big["id"], "target": "acc", "hyperparameters": hp})

@@ -6,8 +6,8 @@ in-edges and along out-edges (pre-norm
 residual blocks). Readout (invariant): mean and max over nodes plus mean over edges of the last block, or with
 ``readout="stats"`` mean, std, max and min over nodes and over edges after the encoder and every block (jumping
 knowledge); ``readout="layer_stats"`` takes the same statistics per layer (nodes by their layer, edges by
-their target's), as UNF and StatNN see each tensor apart. A per-edge linear head gives one output per weight (equivariant), which ``graph_to_state_dict`` maps
-back to a state dict.
+their target's), as UNF and StatNN see each tensor apart. A per-edge linear head gives one output per weight
+(equivariant), which ``graph_to_state_dict`` maps back to a state dict.
 """
 from __future__ import annotations
 

@@ -26,6 +26,11 @@ def zoo(tmp_path_factory):
     return [load_member(out, m) for m in members], [m.labels["test_accuracy"] for m in members], [m.run for m in members]
 
 
+def _pooled_width(metanet) -> int:
+    """Width of the pooled invariant features: the pool_norm BatchNorm's."""
+    return next(x for x in metanet.model.modules() if isinstance(x, torch.nn.BatchNorm1d)).num_features
+
+
 @pytest.fixture(scope="module")
 def trained(zoo):
     sds, y, groups = zoo
@@ -133,8 +138,7 @@ def test_mean_readout_and_configs_saved_before_readout(zoo, kind):
     m = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1, "readout": "mean"}, seed=0)
     stats = train_metanet(kind, sds, y, "regression", groups, {**HP, "epochs": 1}, seed=0)
     assert stats.config["train"]["readout"] == "stats"
-    width = lambda t: next(x for x in t.model.modules() if isinstance(x, torch.nn.BatchNorm1d)).num_features  # noqa: E731
-    assert width(stats) > width(m)
+    assert _pooled_width(stats) > _pooled_width(m)
     config = json.loads(json.dumps(m.config))
     del config["train"]["readout"]
     old = load_metanet(config, m.state_dict())
@@ -148,8 +152,7 @@ def test_gmn_layer_stats_readout(zoo):
     m = train_metanet("gmn", sds, y, "regression", groups, {**HP, "readout": "layer_stats"}, seed=0)
     stats = train_metanet("gmn", sds, y, "regression", groups, {**HP, "epochs": 1}, seed=0)
     assert m.config["layer_slots"] == 5 and m.metrics["test"]["kendall_tau"] > 0.5, m.metrics
-    width = lambda t: next(x for x in t.model.modules() if isinstance(x, torch.nn.BatchNorm1d)).num_features  # noqa: E731
-    assert width(m) == 5 * width(stats)
+    assert _pooled_width(m) == 5 * _pooled_width(stats) and "layer_slots" not in stats.config
     again = load_metanet(json.loads(json.dumps(m.config)), m.state_dict())
     assert predict(again, sds[:6])[0] == predict(m, sds[:6])[0]
 
@@ -321,7 +324,8 @@ def test_augment_adds_permuted_training_copies(zoo, kind):
 def test_integer_hyperparameters_are_bounded(name):
     """Each integer hyperparameter parses at both bounds and is refused one step outside, naming the bound."""
     low, high = INTEGER_BOUNDS[name]
-    assert getattr(TrainConfig.parse({name: low}), name) == low and getattr(TrainConfig.parse({name: high}), name) == high
+    for bound in (low, high):
+        assert getattr(TrainConfig.parse({name: bound}), name) == bound
     with pytest.raises(MetanetError, match=f"{name}.*>= {low}"):
         TrainConfig.parse({name: low - 1})
     with pytest.raises(MetanetError, match=f"{name}.*at most {high}"):

@@ -338,12 +338,12 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
         y_model = torch.tensor([float(v) for v in labels])
         if not ((y_model >= 0) & (y_model <= 1)).all():
             raise MetanetError("loss 'bce' needs labels in [0, 1] (fractions such as accuracies); use loss 'mse'")
-        config.update(out_dim=1)
+        config.update(out_dim=1, label_range=_label_range(y_model, train_idx))
         loss_fn = lambda out, t: nn.functional.binary_cross_entropy_with_logits(out[:, 0], t)  # noqa: E731
     elif target == "regression":
         y = torch.tensor([float(v) for v in labels])
         mean, std = float(y[train_idx].mean()), float(y[train_idx].std(unbiased=False).clamp_min(1e-8))
-        config.update(out_dim=1, label_mean=mean, label_std=std)
+        config.update(out_dim=1, label_mean=mean, label_std=std, label_range=_label_range(y, train_idx))
         y_model = (y - mean) / std
         loss_fn = lambda out, t: ((out[:, 0] - t) ** 2).mean()  # noqa: E731
     else:
@@ -440,13 +440,23 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
     return TrainedMetanet(model, config, metrics)
 
 
+def _label_range(y: torch.Tensor, train_idx: list[int]) -> list[float]:
+    """[min, max] of the training labels: regression predictions are clipped to it."""
+    return [float(y[train_idx].min()), float(y[train_idx].max())]
+
+
 def _decode(config: dict, out: torch.Tensor) -> torch.Tensor:
-    """Model outputs to label units (regression) or class indices (classification)."""
-    if config["target"] == "regression" and config["train"].get("loss", "mse") == "bce":
-        return torch.sigmoid(out[:, 0].cpu().double())
-    if config["target"] == "regression":
-        return out[:, 0].cpu().double() * config["label_std"] + config["label_mean"]
-    return out.argmax(1).cpu()
+    """Model outputs to label units (regression) or class indices (classification).
+
+    Regression predictions are clipped to the training labels' range (configs saved before ``label_range``: not
+    clipped): a checkpoint far outside the zoo (weights that blew up) would otherwise get, say, an accuracy of -3."""
+    if config["target"] != "regression":
+        return out.argmax(1).cpu()
+    if config["train"].get("loss", "mse") == "bce":
+        pred = torch.sigmoid(out[:, 0].cpu().double())
+    else:
+        pred = out[:, 0].cpu().double() * config["label_std"] + config["label_mean"]
+    return pred.clamp(*config["label_range"]) if "label_range" in config else pred
 
 
 def load_metanet(config: dict, state_dict: dict[str, torch.Tensor]) -> TrainedMetanet:

@@ -167,12 +167,47 @@ def test_statnn_reads_signed_log_statistics(trained, zoo):
     assert torch.equal(tensor_statistics(sds[0], m.config["keys"]), torch.sign(raw) * torch.log1p(raw.abs()))
     raw_m = train_metanet("statnn", sds, y, "regression", groups, {**HP, "statistics": "raw"}, seed=0)
     exploded = [{k: v * 100 if k.endswith("bias") else v for k, v in sd.items()} for sd in sds[:5]]
-    excursion = lambda net: max(abs(p - 0.5) for p in predict(net, exploded)[0])  # noqa: E731
+    excursion = lambda net: max(abs(p - 0.5) for p in predict(_unclipped(net), exploded)[0])  # noqa: E731
     assert 10 * excursion(m) < excursion(raw_m)
     old = json.loads(json.dumps(raw_m.config))
     del old["train"]["statistics"]
     assert torch.equal(_Features(old, sds[:1]).x[0], raw.float())
     assert predict(load_metanet(old, raw_m.state_dict()), sds[:4])[0] == predict(raw_m, sds[:4])[0]
+
+
+def _unclipped(metanet):
+    """The same metanet loaded from a config saved before ``label_range`` (predictions not clipped)."""
+    config = json.loads(json.dumps(metanet.config))
+    del config["label_range"]
+    return load_metanet(config, metanet.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["statnn", "unf", "gmn"])
+def test_regression_predictions_stay_in_the_training_label_range(trained, zoo, kind):
+    """Checkpoints far outside the zoo (biases blown up 1000-fold) get predictions clipped to the training labels'
+    [min, max]; predictions inside it are left as they were, and configs saved before the field are not clipped."""
+    sds, y, groups = zoo
+    m = trained[kind]
+    held_out = _held_out(m, groups)
+    train = [label for label, run in zip(y, groups) if run not in held_out]
+    lo, hi = m.config["label_range"]
+    assert (lo, hi) == (min(train), max(train))
+    exploded = [{k: v * 1000 if k.endswith("bias") else v for k, v in sd.items()} for sd in sds[:8]]
+    raw, clipped = predict(_unclipped(m), exploded)[0], predict(m, exploded)[0]
+    if kind != "gmn":  # GMN's layer norms keep even these inside the range; StatNN and UNF extrapolate
+        assert any(not lo <= p <= hi for p in raw), raw
+    assert clipped == [min(max(p, lo), hi) for p in raw]
+    assert predict(m, sds[:8])[0] == [min(max(p, lo), hi) for p in predict(_unclipped(m), sds[:8])[0]]
+
+
+def _held_out(metanet, groups) -> set:
+    """Runs in the validation and test splits of ``metanet``'s training."""
+    from metanets import group_split
+
+    cfg = metanet.config["train"]
+    seed = metanet.config["seed"] if cfg["split_seed"] is None else cfg["split_seed"]
+    _, va, te = group_split(groups, cfg["val_fraction"], cfg["test_fraction"], seed)
+    return {groups[i] for i in va + te}
 
 
 def test_bce_loss_predicts_fractions(zoo):

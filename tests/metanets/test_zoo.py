@@ -161,3 +161,23 @@ def test_cli_writes_zoo_and_prints_summary(tmp_path, capsys):
     assert recipe["w0"] == 8.5 and recipe["resolution"] == 12
     assert printed["members"] == 2 and sum(printed["labels"]["digit_counts"].values()) == 2
     assert len(list((tmp_path / "members").glob("*.safetensors"))) == 2 and (tmp_path / "labels.json").exists()
+
+
+def test_processes_opening_one_zoo_folder_at_once(tmp_path):
+    """Several processes starting on one zoo folder (benchmark seeds run side by side) all open it: each writes
+    recipe.json through its own temporary file, so none finds its file renamed away by another."""
+    import multiprocessing
+
+    recipe = ZooRecipe("small_cnn_digits", 4, seed=0)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        pool.starmap(_open_many, [(str(tmp_path), recipe, 50)] * 4)
+    assert ZooRecipe(**json.loads((tmp_path / "recipe.json").read_text())) == recipe
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunks", "members", "recipe.json"]
+
+
+def _open_many(folder, recipe, times):
+    from metanets.zoo.store import open_store
+
+    for _ in range(times):
+        open_store(folder, recipe)

@@ -19,9 +19,14 @@ from .recipe import ZooMember, ZooRecipe
 def _write_json(path: Path, data) -> None:
     """Atomic write through a temporary file of its own, so processes sharing a zoo folder never collide."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=1))
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the zoo's files are readable as before
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # nothing half-written left behind
+        raise
 
 
 def open_store(out_dir: str | Path, recipe: ZooRecipe) -> Path:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from metanets import (MetanetError, apply_symmetry, compatible, describe, load_metanet, predict, random_symmetry,
-                      train_metanet)
+from metanets import (MetanetError, apply_symmetry, compatible, describe, group_split, load_metanet, predict,
+                      random_symmetry, train_metanet)
 from metanets.models.statnn import tensor_statistics
 from metanets.training import INTEGER_BOUNDS, TrainConfig, _Features
 from metanets.weightspace import rms_normalize
@@ -202,8 +202,6 @@ def test_regression_predictions_stay_in_the_training_label_range(trained, zoo, k
 
 def _held_out(metanet, groups) -> set:
     """Runs in the validation and test splits of ``metanet``'s training."""
-    from metanets import group_split
-
     cfg = metanet.config["train"]
     seed = metanet.config["seed"] if cfg["split_seed"] is None else cfg["split_seed"]
     _, va, te = group_split(groups, cfg["val_fraction"], cfg["test_fraction"], seed)

@@ -181,3 +181,15 @@ def _open_many(folder, recipe, times):
 
     for _ in range(times):
         open_store(folder, recipe)
+
+
+def test_failed_json_write_leaves_no_temporary_file(tmp_path):
+    """A write that fails half-way (data that cannot be serialised) leaves the old file and no temporary file."""
+    from metanets.zoo.store import _write_json
+
+    path = tmp_path / "labels.json"
+    _write_json(path, {"a": 1})
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(TypeError):
+        _write_json(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["labels.json"]

@@ -207,6 +207,7 @@ def main(argv=None):
     p.add_argument("--no-pool-norm", action="store_true",
                    help="no BatchNorm on the pooled invariant features (GMN, UNF, NFN): the behaviour before")
     p.add_argument("--channels", type=int, default=8, help="UNF channels (the NFN peer always has 16)")
+    p.add_argument("--gmn-hidden", type=int, default=32, help="GMN node and edge width (other models: hidden 32)")
     p.add_argument("--readout", choices=["mean", "stats", "layer_stats"], default="stats",
                    help="GMN and UNF invariant pooling (layer_stats: GMN per layer; UNF pools per tensor anyway)")
     p.add_argument("--loss", choices=["mse", "bce"], default="mse",
@@ -256,6 +257,8 @@ def main(argv=None):
         for name, (sds, labels, target, groups) in tasks.items():
             for kind in a.models:
                 task_hp = {**hp, "loss": a.loss} if target == "regression" else hp
+                if kind == "gmn":
+                    task_hp = {**task_hp, "hidden": a.gmn_hidden}
                 run = train_nfn if kind == "nfn" else lambda *args: run_ours(kind, *args)
                 metrics, validation, train_s, infer = run(sds, labels, target, groups, task_hp, seed)
                 results["runs"].append({"task": name, "model": kind, "seed": seed, "test": metrics,

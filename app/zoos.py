@@ -73,13 +73,13 @@ def generate(ctx) -> dict:
             members = generate_zoo(recipe, out, progress=lambda done, total: ctx.progress(0.8 * done / max(total, 1)))
             rows = []
             for i, member in enumerate(members):
-                checkpoint = _store_file(services, Path(out) / member.file, member.id, zoo_id, member.run)
+                checkpoint = _store_file(services, Path(out) / member.file, member.id, zoo_id, member.run,
+                                         member.meta.get("hints"))
                 rows.append({"checkpoint_id": checkpoint.id, "labels": member.labels, "group": f"{zoo_id}:{member.run}"})
                 ctx.progress(0.8 + 0.2 * (i + 1) / len(members))
-        hints = members[0].meta.get("hints") if members else None
         with services.writing() as session:
             zoos.add_members(session, zoo_id, rows)
-            summary = {"members": len(rows), "labels": label_summary([r["labels"] for r in rows]), "hints": hints}
+            summary = {"members": len(rows), "labels": label_summary([r["labels"] for r in rows])}
             zoos.update_zoo(session, zoo_id, status="ready", summary=summary)
     except BaseException:
         with services.writing() as session:
@@ -88,13 +88,15 @@ def generate(ctx) -> dict:
     return {"zoo_id": zoo_id, "members": len(rows)}
 
 
-def _store_file(services: Services, path: Path, name: str, zoo_id: str, run: str):
+def _store_file(services: Services, path: Path, name: str, zoo_id: str, run: str, hints: dict | None):
+    """One member as a checkpoint, with its own hints (a CNN zoo mixes relu and tanh runs)."""
     staged = services.blobs.staging()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             staged.write(chunk)
     received = Received(files=[ReceivedFile(path.name, staged)], size=staged.size)
-    return ingest(services, received, UploadMeta(name=name, run=f"zoo:{zoo_id}:{run}", tags=[f"zoo:{zoo_id}"]))
+    return ingest(services, received, UploadMeta(name=name, run=f"zoo:{zoo_id}:{run}", tags=[f"zoo:{zoo_id}"],
+                                                 architecture={"hints": hints} if hints else None))
 
 
 def ordered_state_dict(path: Path) -> dict:
@@ -165,8 +167,9 @@ def train(ctx) -> dict:
             metanet = zoos.get_metanet(session, metanet_id)
             zoo = zoos.get_zoo(session, metanet.zoo_id)
             members = zoos.members(session, metanet.zoo_id)
+            hints = zoos.architecture_hints(session, [m.checkpoint_id for m in members])
         hyper = dict(metanet.hyperparameters)
-        if "hints" not in hyper and (zoo.summary or {}).get("hints"):
+        if "hints" not in hyper and (zoo.summary or {}).get("hints"):  # zoos generated before per-checkpoint hints
             hyper["hints"] = zoo.summary["hints"]
         states = []
         for i, member in enumerate(members):
@@ -176,7 +179,7 @@ def train(ctx) -> dict:
         trained = train_metanet(
             metanet.kind, states, [m.labels[metanet.target] for m in members], metanet.task, [m.group for m in members],
             hyperparameters=hyper, progress=lambda d: ctx.progress(0.1 + 0.85 * min(1.0, d["epoch"] / epochs)),
-            seed=ctx.params.get("seed", 0),
+            seed=ctx.params.get("seed", 0), checkpoint_hints=hints,
         )
         staged = services.blobs.staging()
         with staged:
@@ -226,13 +229,14 @@ def predict(services: Services, cache: LoadedMetanets, metanet_id: str, checkpoi
         if missing:
             raise Problem(422, "unknown-checkpoints", f"no checkpoint with id {', '.join(map(repr, missing[:20]))}", checkpoint_ids=missing)
         paths = [services.blobs.path(checkpoints.get(session, cid).canonical_sha256) for cid in checkpoint_ids]
+        hints = zoos.architecture_hints(session, checkpoint_ids)
     net = cache.get(services, metanet)
     states = [ordered_state_dict(p) for p in paths]
-    problems = {cid: found for cid, sd in zip(checkpoint_ids, states) if (found := compatible(net, sd))}
+    problems = {cid: found for cid, sd, h in zip(checkpoint_ids, states, hints) if (found := compatible(net, sd, h))}
     if problems:
         detail = "; ".join(f"{cid}: {', '.join(p[:3])}" for cid, p in problems.items())
         raise Problem(422, "incompatible-checkpoint", f"this metanetwork cannot take: {detail}"[:4000], problems=problems)
-    predictions, embeddings = run_predict(net, states)
+    predictions, embeddings = run_predict(net, states, checkpoint_hints=hints)
     return {
         "metanet_id": metanet_id,
         "target": metanet.target,

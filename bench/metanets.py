@@ -78,7 +78,7 @@ def _split(groups, hp, seed):
     return group_split(groups, hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15), split_seed)
 
 
-def train_nfn(sds, labels, target, groups, hp, seed):
+def train_nfn(sds, labels, target, groups, hints, hp, seed):
     """The same split, label scaling, optimiser and early stopping as ``train_metanet``, for the NFN model."""
     from nfn.common import network_spec_from_wsfeat
 
@@ -101,7 +101,7 @@ def train_nfn(sds, labels, target, groups, hp, seed):
         classes = sorted(set(labels))
         yt, out_dim = torch.tensor([classes.index(v) for v in labels]), len(classes)
         loss_fn = nn.functional.cross_entropy
-    sds, yt, tr = augment_training_split(sds, yt, tr, hp.get("augment", 0), Describer(), seed)  # as train_metanet
+    sds, yt, tr, _ = augment_training_split(sds, yt, tr, hp.get("augment", 0), Describer(), seed, hints)  # as ours
     spec = network_spec_from_wsfeat(_nfn_features(sds[:1], stats))
     model = NFNModel(spec, out_dim, in_channels=1 if stats is not None else 2, hidden=hp.get("hidden", 64),
                      pool_norm=hp.get("pool_norm", True))
@@ -164,11 +164,11 @@ def _tau_above_chance(pred, true) -> float:
     return float(kendalltau([float(pred[i]) for i in keep], [true[i] for i in keep]).statistic)
 
 
-def run_ours(kind, sds, labels, target, groups, hp, seed):
-    m = train_metanet(kind, sds, labels, target, groups, hp, seed=seed)
+def run_ours(kind, sds, labels, target, groups, hints, hp, seed):
+    m = train_metanet(kind, sds, labels, target, groups, hp, seed=seed, checkpoint_hints=hints)
     test_idx = _split(groups, hp, seed)[2]
     t0 = time.time()
-    pred, _ = predict(m, [sds[i] for i in test_idx])
+    pred, _ = predict(m, [sds[i] for i in test_idx], checkpoint_hints=[hints[i] for i in test_idx] if hints else None)
     infer = len(test_idx) / (time.time() - t0)
     metrics = dict(m.metrics["test"])
     if target == "regression":
@@ -216,6 +216,8 @@ def main(argv=None):
                    help="StatNN inputs: signed log of the statistics, or raw (the behaviour before)")
     p.add_argument("--augment", type=int, default=0,
                    help="permuted copies of every training checkpoint (every model; all four are invariant)")
+    p.add_argument("--no-activations", action="store_true",
+                   help="GMN without activation features (the behaviour before); others never read the activation")
     p.add_argument("--split-seed", type=int, default=None,
                    help="one split for every seed (seeds then vary only the initialisation); default: split by seed")
     p.add_argument("--threads", type=int, default=1)
@@ -228,7 +230,7 @@ def main(argv=None):
     hp = {"epochs": a.epochs, "patience": a.patience, "hidden": 32, "channels": a.channels, "weight_decay": 0.01,
           "val_fraction": 0.15, "test_fraction": 0.15, "pool_norm": not a.no_pool_norm, "readout": a.readout,
           "schedule": a.schedule, "normalize": a.normalize, "augment": a.augment, "split_seed": a.split_seed,
-          "statistics": a.statistics}
+          "statistics": a.statistics, "activations": not a.no_activations}
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "torch_threads": a.threads, "cuda": torch.cuda.is_available(),
                            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
@@ -252,15 +254,17 @@ def main(argv=None):
         results["zoos"][name]["labels"] = label_summary(members)
         save()
         print(name, "zoo", len(members), f"{seconds:.1f}s", flush=True)
-        tasks[name] = (sds, [m.labels[label] for m in members], target, [m.run for m in members])
+        hints = [m.meta.get("hints") for m in members]  # per checkpoint: the CNN zoo mixes relu and tanh runs
+        tasks[name] = (sds, [m.labels[label] for m in members], target, [m.run for m in members],
+                       hints if any(hints) else None)
     for seed in a.seeds:
-        for name, (sds, labels, target, groups) in tasks.items():
+        for name, (sds, labels, target, groups, hints) in tasks.items():
             for kind in a.models:
                 task_hp = {**hp, "loss": a.loss} if target == "regression" else hp
                 if kind == "gmn":
                     task_hp = {**task_hp, "hidden": a.gmn_hidden}
                 run = train_nfn if kind == "nfn" else lambda *args: run_ours(kind, *args)
-                metrics, validation, train_s, infer = run(sds, labels, target, groups, task_hp, seed)
+                metrics, validation, train_s, infer = run(sds, labels, target, groups, hints, task_hp, seed)
                 results["runs"].append({"task": name, "model": kind, "seed": seed, "test": metrics,
                                         "validation": validation, "train_seconds": train_s,
                                         "inference_checkpoints_per_second": infer})

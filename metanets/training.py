@@ -60,7 +60,9 @@ class TrainConfig:
     statistics: str = "signed_log"  # StatNN inputs: "signed_log" (sign(x) log(1 + |x|) of every statistic, robust to
     # runs whose weights blew up) or "raw" (configs without the field); models/statnn.py
     augment: int = 0  # permuted copies (``random_symmetry``) of every training checkpoint added to the training split
-    hints: dict | None = None  # passed to ``describe``
+    activations: bool = True  # GMN: embed each neuron's activation function (from the description) in its node
+    # features; configs without the field: off
+    hints: dict | None = None  # passed to ``describe``; a checkpoint's own hints (``checkpoint_hints``) override them
 
     @classmethod
     def parse(cls, hp: dict | None) -> TrainConfig:
@@ -79,8 +81,9 @@ class TrainConfig:
                 raise MetanetError(f"hyperparameter {name!r} must be an integer >= {low}, got {v!r}")
             if v > high:
                 raise MetanetError(f"hyperparameter {name!r} must be at most {high}, got {v}")
-        if not isinstance(cfg.pool_norm, bool):
-            raise MetanetError(f"hyperparameter 'pool_norm' must be true or false, got {cfg.pool_norm!r}")
+        for name in ("pool_norm", "activations"):
+            if not isinstance(getattr(cfg, name), bool):
+                raise MetanetError(f"hyperparameter {name!r} must be true or false, got {getattr(cfg, name)!r}")
         for name, choices in (("loss", LOSSES), ("normalize", NORMALIZE), ("aggregation", AGGREGATIONS),
                               ("statistics", STATISTICS), ("schedule", SCHEDULES), ("readout", READOUTS)):
             v = getattr(cfg, name)
@@ -108,7 +111,8 @@ class TrainedMetanet:
 class _Features:
     """Model inputs for a list of checkpoints, batched by index; built from a config so prediction matches training."""
 
-    def __init__(self, config: dict, checkpoints: list[dict[str, torch.Tensor]], describer: Describer | None = None):
+    def __init__(self, config: dict, checkpoints: list[dict[str, torch.Tensor]], describer: Describer | None = None,
+                 hints: list[dict | None] | None = None):
         kind = config["kind"]
         self.kind = kind
         if kind == "statnn":
@@ -145,8 +149,8 @@ class _Features:
 
             grid = tuple(config["train"]["grid"])
             self.graphs = []
-            for sd in checkpoints:
-                desc = describer(sd)
+            for i, sd in enumerate(checkpoints):
+                desc = describer(sd, f"checkpoint {i}", hints[i] if hints else None)
                 values, log_rms = prepare(desc, sd)
                 g = to_graph(desc, values, mode="vector", grid=grid)
                 g.edge_attr = g.edge_attr.float()
@@ -188,7 +192,7 @@ def _build_model(config: dict) -> nn.Module:
     return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"],
                pool_norm=t.get("pool_norm", False), readout=t.get("readout", "mean"),
                edge_scale=_input_features(t) == 2, aggregation=t.get("aggregation", "mean"),
-               layer_slots=config.get("layer_slots", 1))
+               layer_slots=config.get("layer_slots", 1), activations=t.get("activations", False))
 
 
 def _input_features(train: dict) -> int:
@@ -247,30 +251,32 @@ def _lr_factor(schedule: str, warmup: int, total: int) -> Callable[[int], float]
 
 
 def permuted_copies(checkpoints: list[dict[str, torch.Tensor]], idx: list[int], copies: int, describer: Describer,
-                    generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
+                    generator: torch.Generator, hints: list[dict | None] | None = None) -> list[dict[str, torch.Tensor]]:
     """``copies`` random hidden permutations of each checkpoint in ``idx`` (same function, other weights), in order."""
     out = []
     for i in idx:
-        desc = describer(checkpoints[i], f"checkpoint {i}")
+        desc = describer(checkpoints[i], f"checkpoint {i}", hints[i] if hints else None)
         out += [apply_symmetry(desc, checkpoints[i], random_symmetry(desc, generator)) for _ in range(copies)]
     return out
 
 
 def augment_training_split(checkpoints: list[dict[str, torch.Tensor]], y: torch.Tensor, train_idx: list[int],
-                           copies: int, describer: Describer, seed: int):
-    """(checkpoints, y, train_idx) with ``copies`` permuted copies of every training checkpoint appended after the
-    originals (so validation and test indices still point at originals) and added to ``train_idx``."""
+                           copies: int, describer: Describer, seed: int, hints: list[dict | None] | None = None):
+    """(checkpoints, y, train_idx, hints) with ``copies`` permuted copies of every training checkpoint appended after
+    the originals (so validation and test indices still point at originals), added to ``train_idx``; a copy keeps
+    its original's per-checkpoint ``hints``."""
     if not copies:
-        return checkpoints, y, train_idx
+        return checkpoints, y, train_idx, hints
     src = [i for i in train_idx for _ in range(copies)]
-    extra = permuted_copies(checkpoints, train_idx, copies, describer, torch.Generator().manual_seed(seed))
+    extra = permuted_copies(checkpoints, train_idx, copies, describer, torch.Generator().manual_seed(seed), hints)
     n = len(checkpoints)
-    return checkpoints + extra, torch.cat([y, y[src]]), train_idx + list(range(n, n + len(extra)))
+    return (checkpoints + extra, torch.cat([y, y[src]]), train_idx + list(range(n, n + len(extra))),
+            hints + [hints[i] for i in src] if hints else hints)
 
 
 # ---- validation of the inputs ------------------------------------------------------------------------------------
 
-def _check_inputs(kind, checkpoints, labels, target, groups):
+def _check_inputs(kind, checkpoints, labels, target, groups, checkpoint_hints=None):
     if kind not in KINDS:
         raise MetanetError(f"unknown metanet kind {kind!r} (known: {list(KINDS)})")
     if target not in TARGETS:
@@ -279,6 +285,8 @@ def _check_inputs(kind, checkpoints, labels, target, groups):
         raise MetanetError("the zoo is empty: no checkpoints to train on")
     if len(labels) != len(checkpoints) or len(groups) != len(checkpoints):
         raise MetanetError(f"{len(checkpoints)} checkpoints but {len(labels)} labels and {len(groups)} groups")
+    if checkpoint_hints is not None and len(checkpoint_hints) != len(checkpoints):
+        raise MetanetError(f"{len(checkpoints)} checkpoints but {len(checkpoint_hints)} checkpoint hints")
     for i, (sd, y) in enumerate(zip(checkpoints, labels)):
         if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise MetanetError(f"checkpoint {i} is not a non-empty state dict of tensors")
@@ -319,12 +327,15 @@ def classification_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict:
 
 def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels: list, target: str,
                   groups: list[str], hyperparameters: dict | None = None,
-                  progress: Callable[[dict], None] | None = None, seed: int = 0) -> TrainedMetanet:
+                  progress: Callable[[dict], None] | None = None, seed: int = 0,
+                  checkpoint_hints: list[dict | None] | None = None) -> TrainedMetanet:
     """Train a ``kind`` metanetwork to predict ``labels`` from ``checkpoints``; splits keep ``groups`` together.
 
-    ``progress`` receives a dict per epoch (epoch, train_loss, val_loss). Raises ``MetanetError`` on bad input.
+    ``checkpoint_hints``: each checkpoint's own architecture hints (its activation, say), over the ``hints``
+    hyperparameter. ``progress`` receives a dict per epoch (epoch, train_loss, val_loss). Raises ``MetanetError``
+    on bad input.
     """
-    _check_inputs(kind, checkpoints, labels, target, groups)
+    _check_inputs(kind, checkpoints, labels, target, groups, checkpoint_hints)
     cfg = TrainConfig.parse(hyperparameters)
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -356,13 +367,13 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
 
     describer = Describer(cfg.hints)
     n_train = len(train_idx)
-    checkpoints, y_model, train_idx = augment_training_split(checkpoints, y_model, train_idx, cfg.augment, describer,
-                                                             seed)
+    checkpoints, y_model, train_idx, hints = augment_training_split(checkpoints, y_model, train_idx, cfg.augment,
+                                                                    describer, seed, checkpoint_hints)
     if kind == "statnn":
         config["keys"] = float_keys(checkpoints[0])
         config["shapes"] = {k: list(checkpoints[0][k].shape) for k in config["keys"]}
     else:
-        descs = [describer(sd, f"checkpoint {i}") for i, sd in enumerate(checkpoints)]
+        descs = [describer(sd, f"checkpoint {i}", hints[i] if hints else None) for i, sd in enumerate(checkpoints)]
         if cfg.normalize == "zoo":
             config["standardizer"] = Standardizer.fit([descs[i] for i in train_idx],
                                                       [checkpoints[i] for i in train_idx]).to_json()
@@ -379,7 +390,7 @@ def train_metanet(kind: str, checkpoints: list[dict[str, torch.Tensor]], labels:
                     kernel_grid(d, cfg.grid)
                 except ValueError as exc:
                     raise MetanetError(f"checkpoint {i}: {exc}; raise hyperparameter 'grid'") from exc
-    feats = _Features(config, checkpoints, describer)
+    feats = _Features(config, checkpoints, describer, hints)
     if kind == "gmn" and cfg.readout == "layer_stats":  # one pooling slot per layer of the deepest checkpoint
         config["layer_slots"] = max(len(torch.unique(g.x[:, 1])) for g in feats.graphs)
     model = _build_model(config)
@@ -466,8 +477,8 @@ def load_metanet(config: dict, state_dict: dict[str, torch.Tensor]) -> TrainedMe
     return TrainedMetanet(model.eval(), config, {})
 
 
-def compatible(metanet: TrainedMetanet, state_dict: dict[str, torch.Tensor]) -> list[str]:
-    """Problems that stop ``metanet`` from taking this checkpoint (empty list: it can)."""
+def compatible(metanet: TrainedMetanet, state_dict: dict[str, torch.Tensor], hints: dict | None = None) -> list[str]:
+    """Problems that stop ``metanet`` from taking this checkpoint, described with its own ``hints`` (empty: it can)."""
     cfg = metanet.config
     problems = [f"tensor {k!r} has non-finite values" for k, v in state_dict.items()
                 if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -491,22 +502,27 @@ def compatible(metanet: TrainedMetanet, state_dict: dict[str, torch.Tensor]) -> 
     try:
         from .graph.build import kernel_grid
 
-        desc = Describer(cfg["train"].get("hints"))(state_dict)
+        desc = Describer(cfg["train"].get("hints"))(state_dict, hints=hints)
         kernel_grid(desc, tuple(cfg["train"]["grid"]))
     except ValueError as exc:
         problems.append(str(exc))
     return problems
 
 
-def predict(metanet: TrainedMetanet, checkpoints: list[dict[str, torch.Tensor]], batch_size: int = 256):
-    """(predictions, embeddings): label values (regression floats or class labels) and readout embeddings."""
+def predict(metanet: TrainedMetanet, checkpoints: list[dict[str, torch.Tensor]], batch_size: int = 256,
+            checkpoint_hints: list[dict | None] | None = None):
+    """(predictions, embeddings): label values (regression floats or class labels) and readout embeddings.
+
+    ``checkpoint_hints``: each checkpoint's own architecture hints, as given to ``train_metanet``."""
     if not checkpoints:
         raise MetanetError("no checkpoints to predict")
+    if checkpoint_hints is not None and len(checkpoint_hints) != len(checkpoints):
+        raise MetanetError(f"{len(checkpoints)} checkpoints but {len(checkpoint_hints)} checkpoint hints")
     for i, sd in enumerate(checkpoints):
-        problems = compatible(metanet, sd)
+        problems = compatible(metanet, sd, checkpoint_hints[i] if checkpoint_hints else None)
         if problems:
             raise MetanetError(f"checkpoint {i}: " + "; ".join(problems))
-    feats = _Features(metanet.config, checkpoints)
+    feats = _Features(metanet.config, checkpoints, hints=checkpoint_hints)
     model = metanet.model.eval()
     device = next(model.parameters()).device
     outs, embs = [], []

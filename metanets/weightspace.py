@@ -22,19 +22,24 @@ def float_keys(state_dict: dict[str, torch.Tensor]) -> list[str]:
 
 
 class Describer:
-    """``describe`` once per distinct signature (a zoo has one or a few architectures)."""
+    """``describe`` once per distinct signature and hints (a zoo has one or a few architectures).
+
+    ``hints`` apply to every checkpoint; a checkpoint's own ``hints`` (say, its activation) override them key by key.
+    """
 
     def __init__(self, hints: dict | None = None):
         self.hints, self.cache = hints, {}
 
-    def __call__(self, state_dict: dict[str, torch.Tensor], where: str = "checkpoint") -> ArchitectureDescription:
-        sig = signature(state_dict)
-        if sig not in self.cache:
+    def __call__(self, state_dict: dict[str, torch.Tensor], where: str = "checkpoint",
+                 hints: dict | None = None) -> ArchitectureDescription:
+        merged = {**(self.hints or {}), **hints} if hints else self.hints
+        key = (signature(state_dict), json.dumps(merged, sort_keys=True, default=str))
+        if key not in self.cache:
             try:
-                self.cache[sig] = describe(state_dict, self.hints)
+                self.cache[key] = describe(state_dict, merged)
             except ArchitectureError as exc:
                 raise MetanetError(f"{where}: {exc}") from exc
-        return self.cache[sig]
+        return self.cache[key]
 
 
 def role(desc: ArchitectureDescription, key: str) -> str:

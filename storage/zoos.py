@@ -37,6 +37,12 @@ def missing_checkpoints(session: Session, ids: list[str]) -> list[str]:
     return [i for i in dict.fromkeys(ids) if i not in found]
 
 
+def architecture_hints(session: Session, ids: list[str]) -> list[dict | None]:
+    """Each checkpoint's own architecture hints (as supplied with it), in the order of ``ids``."""
+    supplied = dict(session.execute(select(Checkpoint.id, Checkpoint.architecture_input).where(Checkpoint.id.in_(ids))).all())
+    return [(supplied.get(i) or {}).get("hints") for i in ids]
+
+
 def create_metanet(session: Session, **values) -> Metanet:
     metanet = Metanet(status="training", **values)
     session.add(metanet)

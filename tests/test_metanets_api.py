@@ -3,6 +3,8 @@ and every bad input refused with a problem document before any job starts."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 from sqlalchemy import func, select
 from torch import nn
@@ -45,6 +47,9 @@ def test_recipe_zoo_train_and_predict(client):
     assert 0 <= accuracy["min"] < accuracy["max"] <= 1  # a spread to rank
     members = client.get("/v1/checkpoints", params={"tag": f"zoo:{zoo['id']}", "page_size": 100}).json()["items"]
     assert len(members) == 24 and all(m["tensor_count"] == 8 for m in members)
+    # every member keeps its own run's hints: the zoo mixes relu and tanh runs
+    supplied = {m["id"]: client.get(f"/v1/checkpoints/{m['id']}/architecture").json()["input"] for m in members}
+    assert {s["hints"]["activation"] for s in supplied.values()} == {"relu", "tanh"}
 
     for kind in ("statnn", "gmn"):
         r = client.post("/v1/metanets", json={"kind": kind, "zoo": zoo["id"], "target": "test_accuracy",
@@ -63,6 +68,16 @@ def test_recipe_zoo_train_and_predict(client):
         items = out.json()["items"]
         assert [i["checkpoint_id"] for i in items] == ids
         assert all(isinstance(i["prediction"], float) and len(i["embedding"]) > 0 for i in items)
+        if kind == "gmn":  # the same weights stated as the other activation: GMN reads each checkpoint's own hints
+            h = supplied[ids[0]]["hints"]
+            flipped = {**h, "activation": "relu" if h["activation"] == "tanh" else "tanh"}
+            body = client.get(f"/v1/checkpoints/{ids[0]}/file").content
+            twin = client.post("/v1/checkpoints", content=body,
+                               params={"architecture": json.dumps({"hints": flipped})}).json()["id"]
+            pair = client.post(f"/v1/metanets/{metanet['id']}/predict", json={"checkpoint_ids": [ids[0], twin]}).json()
+            same, twin_pred = (i["prediction"] for i in pair["items"])
+            rounding = abs(same - items[0]["prediction"])  # another batch: float sums in another order
+            assert rounding < 1e-6 and abs(twin_pred - same) > 100 * rounding + 1e-5, (same, twin_pred, rounding)
         stranger = _upload(client, {**_mlp(8, 0), "stray.weight": torch.randn(3, 3)})  # no layer places "stray"
         bad = client.post(f"/v1/metanets/{metanet['id']}/predict", json={"checkpoint_ids": [ids[0], stranger]})
         assert bad.status_code == 422 and bad.json()["type"] == "/problems/incompatible-checkpoint"

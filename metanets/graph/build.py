@@ -81,7 +81,8 @@ def to_graph(desc: ArchitectureDescription, state_dict: dict[str, torch.Tensor],
 
     ``mode="scalar"``: one edge per parameter scalar, kernel position in ``edge_pos``. ``mode="vector"``: one edge
     per conv channel pair carrying the kernel centred in ``grid`` (``edge_attr`` has prod(grid) columns).
-    Edges are the tensors' blocks in description order, then the fixed-value extra edges.
+    Edges are the tensors' blocks in description order, then the fixed-value extra edges. ``node_act`` holds the
+    ``ACTIVATION_TYPES`` index of the function applied to each node's value (GMN's activation features).
     """
     if mode not in ("scalar", "vector"):
         raise ValueError(f"mode must be 'scalar' or 'vector', got {mode!r}")
@@ -136,7 +137,7 @@ def to_graph(desc: ArchitectureDescription, state_dict: dict[str, torch.Tensor],
     data = Data(x=x, edge_index=edge_index, edge_attr=edge_attr, edge_type=edge_type,
                 int_buffers=torch.cat(ints) if ints else torch.zeros(0, dtype=torch.long),
                 float_buffers=torch.cat(floats) if floats else torch.zeros(0, dtype=torch.float64),
-                num_nodes=lay.num_nodes)
+                num_nodes=lay.num_nodes, node_act=lay.node_activation())
     if mode == "scalar":
         data.edge_pos = edge_geom
     else:

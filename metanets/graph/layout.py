@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..architecture.description import SPATIAL, ArchitectureDescription, Op
-from .types import EDGE, NODE
+from .types import ACTIVATION, EDGE, NODE
 
 
 @dataclass
@@ -31,13 +31,15 @@ class Recipe:
 
 @dataclass
 class Layout:
-    """Nodes (type, layer, index feature), tensor recipes in state-dict order, and fixed-value extra edges."""
+    """Nodes (type, layer, index feature), tensor recipes in state-dict order, fixed-value extra edges, and the
+    activation function applied to node sets (``activations``: node ids, ``ACTIVATION`` index)."""
 
     node_type: list[torch.Tensor] = field(default_factory=list)
     node_layer: list[torch.Tensor] = field(default_factory=list)
     node_index: list[torch.Tensor] = field(default_factory=list)
     recipes: dict[str, Recipe] = field(default_factory=dict)
     extras: list[tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=list)
+    activations: list[tuple[torch.Tensor, int]] = field(default_factory=list)
     num_nodes: int = 0
 
     def nodes(self, desc: ArchitectureDescription, group: str, layer: int, node_type: str | None = None,
@@ -53,6 +55,13 @@ class Layout:
 
     def extra(self, src: torch.Tensor, dst: torch.Tensor, kind: str) -> None:
         self.extras.append((src, dst, EDGE[kind]))
+
+    def node_activation(self) -> torch.Tensor:
+        """(num_nodes,) ``ACTIVATION`` index of each node; a later function on the same nodes wins."""
+        act = torch.zeros(self.num_nodes, dtype=torch.long)
+        for ids, kind in self.activations:
+            act[ids] = kind
+        return act
 
 
 def _index_feature(desc: ArchitectureDescription, group: str, n: int) -> torch.Tensor:
@@ -109,6 +118,13 @@ def _matrix(desc, lay, op: Op, role: str, src: torch.Tensor, dst: torch.Tensor, 
 def _alias(desc, lay, nodes, op, layer, tied):
     if op.inputs[0] in nodes:
         nodes[op.output] = nodes[op.inputs[0]]
+
+
+def _activation(desc, lay, nodes, op, layer, tied):
+    """An elementwise function: its output is its input's nodes, which record the function."""
+    _alias(desc, lay, nodes, op, layer, tied)
+    if op.inputs[0] in nodes:
+        lay.activations.append((nodes[op.inputs[0]], ACTIVATION.get(op.attrs.get("fn", "relu"), ACTIVATION["other"])))
 
 
 def _linear(desc, lay, nodes, op, layer, tied):
@@ -227,7 +243,7 @@ def _attention(desc, lay, nodes, op, layer, tied):
     nodes[op.output] = y
 
 
-_RULES = {"linear": _linear, "conv": _conv, "batchnorm": _norm, "layernorm": _norm, "rmsnorm": _norm,
+_RULES = {"act": _activation, "linear": _linear, "conv": _conv, "batchnorm": _norm, "layernorm": _norm, "rmsnorm": _norm,
           "groupnorm": _norm, "layerscale": _layerscale, "add": _merge, "mul": _merge, "flatten": _flatten,
           "embedding": _embedding, "add_positions": _table, "add_embedding": _table, "cls_token": _cls_token,
           "attention": _attention}

@@ -7,7 +7,8 @@ residual blocks). Readout (invariant): mean and max over nodes plus mean over ed
 ``readout="stats"`` mean, std, max and min over nodes and over edges after the encoder and every block (jumping
 knowledge); ``readout="layer_stats"`` takes the same statistics per layer (nodes by their layer, edges by
 their target's), as UNF and StatNN see each tensor apart. A per-edge linear head gives one output per weight
-(equivariant), which ``graph_to_state_dict`` maps back to a state dict.
+(equivariant), which ``graph_to_state_dict`` maps back to a state dict. With ``activations`` a node's features
+also embed the function applied to its value (``data.node_act``: relu, tanh, ...), which weights alone do not tell.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch import nn
 from torch_geometric.nn import MessagePassing, global_max_pool, global_mean_pool
 
 from ..errors import MetanetError
-from ..graph.types import EDGE_TYPES, NODE_TYPES
+from ..graph.types import ACTIVATION_TYPES, EDGE_TYPES, NODE_TYPES
 from .pooling import AGGREGATIONS, READOUTS, STAT_COUNT, segment_stats
 
 
@@ -76,7 +77,7 @@ class GMN(nn.Module):
 
     def __init__(self, out_dim: int, edge_width: int, d: int = 64, layers: int = 4, max_layer: int = 64,
                  pool_norm: bool = False, readout: str = "mean", edge_scale: bool = False,
-                 aggregation: str = "mean", layer_slots: int = 1):
+                 aggregation: str = "mean", layer_slots: int = 1, activations: bool = False):
         super().__init__()
         if readout not in READOUTS:
             raise MetanetError(f"unknown readout {readout!r} (known: {list(READOUTS)})")
@@ -86,6 +87,7 @@ class GMN(nn.Module):
         self.layer_slots = layer_slots if readout == "layer_stats" else 1  # deeper layers pool into the last slot
         self.node_type, self.edge_type = nn.Embedding(len(NODE_TYPES), d), nn.Embedding(len(EDGE_TYPES), d)
         self.layer = nn.Embedding(max_layer, d)
+        self.activation = nn.Embedding(len(ACTIVATION_TYPES), d) if activations else None
         self.index_freq = nn.Linear(1, d)  # sin features of an input/output neuron's fixed index
         self.permutable = nn.Parameter(torch.zeros(d))
         self.edge_value, self.edge_ksize = nn.Linear(edge_width, d), nn.Linear(3, d)
@@ -97,8 +99,9 @@ class GMN(nn.Module):
         self.readout = mlp(pooled, d)
         self.out = nn.Linear(d, out_dim)
         self.edge_head = nn.Linear(d, edge_width)
-        for emb in (self.node_type, self.edge_type, self.layer):  # small, so weight values are not drowned out
-            nn.init.normal_(emb.weight, std=0.1)
+        for emb in (self.node_type, self.edge_type, self.layer, self.activation):  # small: weights not drowned out
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.1)
 
     def encode(self, data):
         kind, layer, index = data.x.unbind(1)
@@ -106,6 +109,8 @@ class GMN(nn.Module):
         idx = torch.where(fixed[:, None], torch.sin(self.index_freq(index[:, None].to(self.permutable.dtype))),
                           self.permutable)
         v = self.node_type(kind) + self.layer(layer.clamp(0, self.max_layer - 1)) + idx
+        if self.activation is not None:
+            v = v + self.activation(data.node_act.long())
         e = (self.edge_value(data.edge_attr.to(self.permutable.dtype)) + self.edge_type(data.edge_type.long())
              + self.edge_ksize(data.edge_ksize.to(self.permutable.dtype)))
         if self.edge_scale is not None:

@@ -6,7 +6,7 @@ import torch
 from torch_geometric.data import Batch
 
 from metanets import describe, expected_edges, graph_to_state_dict, to_graph
-from metanets.graph.types import EDGE, NODE
+from metanets.graph.types import ACTIVATION, EDGE, NODE
 
 from .models import GRAPH_CASES, case, described
 
@@ -80,6 +80,29 @@ def test_hand_checked_mlp_edges():
     types = [NODE[t] for t in ("input", "input", "hidden", "hidden", "hidden", "bias", "output", "bias")]
     assert data.x[:, 0].tolist() == types
     assert data.x[:, 2].tolist() == [0, 1, -1, -1, -1, 0, 0, 0], "inputs and outputs carry their index"
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_hand_checked_mlp_activations(activation):
+    """The hidden nodes record the function the hints give; inputs, biases and outputs record none."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    data = to_graph(describe(model.state_dict(), {"activation": activation}), model.state_dict())
+    none, act = ACTIVATION["none"], ACTIVATION[activation]
+    assert data.node_act.tolist() == [none, none, act, act, act, none, none, none]
+
+
+@pytest.mark.parametrize("name, fn, count", [("mlp", "tanh", 7 + 6), ("gpt2", "gelu_tanh", 2 * 4 * 16),
+                                             ("llama", "silu", 2 * 24), ("cnn_gn", "relu", 8 + 6),
+                                             ("resnet_blocks", "relu", None)])
+def test_nodes_record_their_activation(name, fn, count):
+    """Every activation of the program marks the nodes of its input value, and nothing else is marked."""
+    data = to_graph(described(name), case(name).model.state_dict())
+    assert data.node_act.shape == (data.num_nodes,)
+    assert set(data.node_act.unique().tolist()) == {ACTIVATION["none"], ACTIVATION[fn]}
+    marked = data.x[data.node_act == ACTIVATION[fn], 0]
+    assert (marked == NODE["hidden"]).all(), "only neurons carry an activation"
+    if count is not None:
+        assert len(marked) == count
 
 
 def test_extra_edges_counted_independently():

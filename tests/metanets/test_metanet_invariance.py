@@ -43,13 +43,13 @@ def _random_pool_norm(model):
 
 
 def _gmn(readout):
-    """The old model with the mean readout; the current defaults with stats (mean + max messages, log-RMS inputs);
-    layer_stats with 3 slots, fewer than the CNN's layers, so the deeper ones share the last."""
+    """The old model with the mean readout; the current defaults with stats (mean + max messages, log-RMS inputs,
+    activation features); layer_stats with 3 slots, fewer than the CNN's layers, so the deeper ones share the last."""
     torch.manual_seed(1)
     new = readout != "mean"
     return _random_pool_norm(GMN(out_dim=3, edge_width=9, d=16, layers=2, pool_norm=True, readout=readout,
                                  aggregation="mean_max" if new else "mean", edge_scale=new,
-                                 layer_slots=3).double().eval())
+                                 layer_slots=3, activations=new).double().eval())
 
 
 def _unf(desc, readout):
@@ -133,6 +133,19 @@ def test_outputs_change_under_non_symmetries(nets, name, readout):
         for what, changed in _not_symmetries(name, sd).items():
             change = (run(net, changed) - base).abs().max()
             assert change > 1e4 * noise + 1e-11, f"{type(net).__name__} blind to {what}: {change} vs noise {noise}"
+
+
+def test_gmn_reads_the_activation_only_with_activation_features():
+    """The same weights described as a tanh network instead of a relu one: another output with activation
+    features, the same output without them (the function differs, the weights do not)."""
+    _, sd = _cnn_checkpoint()
+    relu, tanh = (describe(sd, cnn.describe_hints(a)) for a in ("relu", "tanh"))
+    for activations in (False, True):
+        torch.manual_seed(4)
+        model = _random_pool_norm(GMN(out_dim=2, edge_width=9, d=8, layers=1, pool_norm=True, readout="stats",
+                                      activations=activations).double().eval())
+        change = (_gmn_run(model, tanh, sd)[0] - _gmn_run(model, relu, sd)[0]).abs().max()
+        assert (change > 1e-6) == activations, (activations, change)
 
 
 def test_gmn_layer_slots_are_per_graph_in_a_batch():

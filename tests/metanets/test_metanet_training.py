@@ -19,11 +19,22 @@ HP = {"epochs": 25, "patience": 30, "hidden": 32, "channels": 4, "weight_decay":
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
+def zoo_members(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("zoo")
-    members = generate_zoo(ZooRecipe("small_cnn_digits", size=64, seed=0, checkpoints=[1, 2, 4], chunk=32), out)
+    return out, generate_zoo(ZooRecipe("small_cnn_digits", size=64, seed=0, checkpoints=[1, 2, 4], chunk=32), out)
+
+
+@pytest.fixture(scope="module")
+def zoo(zoo_members):
+    out, members = zoo_members
     return [load_member(out, m) for m in members], [m.labels["test_accuracy"] for m in members], [m.run for m in members]
+
+
+@pytest.fixture(scope="module")
+def zoo_hints(zoo_members):
+    """Each member's own hints: its run's activation, relu or tanh."""
+    return [m.meta["hints"] for m in zoo_members[1]]
 
 
 def _pooled_width(metanet) -> int:
@@ -32,9 +43,10 @@ def _pooled_width(metanet) -> int:
 
 
 @pytest.fixture(scope="module")
-def trained(zoo):
+def trained(zoo, zoo_hints):
     sds, y, groups = zoo
-    return {kind: train_metanet(kind, sds, y, "regression", groups, HP, seed=0) for kind in ("statnn", "unf", "gmn")}
+    return {kind: train_metanet(kind, sds, y, "regression", groups, HP, seed=0, checkpoint_hints=zoo_hints)
+            for kind in ("statnn", "unf", "gmn")}
 
 
 @pytest.mark.parametrize("kind", ["statnn", "unf", "gmn"])
@@ -113,6 +125,13 @@ def test_bad_input(zoo):
         train_metanet("nfn", sds[:10], y[:10], "regression", groups[:10])
     with pytest.raises(MetanetError, match="groups"):
         train_metanet("statnn", sds[:6], y[:6], "regression", ["r0"] * 6)
+    with pytest.raises(MetanetError, match="10 checkpoints but 9 checkpoint hints"):
+        train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10], checkpoint_hints=[None] * 9)
+    with pytest.raises(MetanetError, match="activations"):
+        train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10], {"activations": 1})
+    with pytest.raises(MetanetError, match="checkpoint 3: hint 'activation'"):
+        train_metanet("gmn", sds[:10], y[:10], "regression", groups[:10],
+                      checkpoint_hints=[None] * 3 + [{"activation": "sine"}] + [None] * 6)
     assert issubclass(MetanetError, ValueError)
 
 
@@ -380,3 +399,41 @@ def test_split_seed_fixes_the_split_across_seeds(zoo):
     assert fit(7).config["label_mean"] == a.config["label_mean"]
     with pytest.raises(MetanetError, match="split_seed"):
         fit(0, split_seed=-1)
+
+
+def test_checkpoint_hints_give_gmn_each_checkpoint_its_activation(zoo, zoo_hints):
+    """Per-checkpoint hints describe each member with its own activation (the zoo mixes relu and tanh runs): GMN
+    with activation features (the default) predicts otherwise when the hints say otherwise, without them it cannot
+    tell; augmented copies keep their original's hints; hints of another length are refused at prediction."""
+    sds, y, groups = zoo
+    assert {h["activation"] for h in zoo_hints} == {"relu", "tanh"}
+    flipped = [{**h, "activation": "tanh" if h["activation"] == "relu" else "relu"} for h in zoo_hints]
+    hp = {**HP, "epochs": 3}
+    with_act = train_metanet("gmn", sds, y, "regression", groups, {**hp, "augment": 1}, seed=0,
+                             checkpoint_hints=zoo_hints)
+    assert with_act.config["train"]["activations"] is True
+    without = train_metanet("gmn", sds, y, "regression", groups, {**hp, "activations": False}, seed=0,
+                            checkpoint_hints=zoo_hints)
+    own, other = (predict(with_act, sds[:12], checkpoint_hints=h[:12])[0] for h in (zoo_hints, flipped))
+    assert all(a != b for a, b in zip(own, other))
+    relu = [{"activation": "relu"}] * 12
+    assert predict(with_act, sds[:12])[0] == predict(with_act, sds[:12], checkpoint_hints=relu)[0]  # family default
+    assert (predict(without, sds[:12], checkpoint_hints=zoo_hints[:12])[0]
+            == predict(without, sds[:12], checkpoint_hints=flipped[:12])[0])
+    again = load_metanet(json.loads(json.dumps(with_act.config)), with_act.state_dict())
+    assert predict(again, sds[:12], checkpoint_hints=zoo_hints[:12])[0] == own
+    with pytest.raises(MetanetError, match="12 checkpoints but 11 checkpoint hints"):
+        predict(with_act, sds[:12], checkpoint_hints=zoo_hints[:11])
+
+
+def test_augmented_copies_keep_their_hints(zoo, zoo_hints):
+    from metanets.training import augment_training_split
+    from metanets.weightspace import Describer
+
+    sds, y, _ = zoo
+    train = [0, 4, 7]
+    out, y_out, idx, hints = augment_training_split(sds[:10], torch.tensor(y[:10]), train, 2, Describer(), 0,
+                                                    zoo_hints[:10])
+    assert len(out) == len(hints) == 16 and idx == train + list(range(10, 16))
+    assert hints[10:] == [zoo_hints[i] for i in (0, 0, 4, 4, 7, 7)] and hints[:10] == zoo_hints[:10]
+    assert augment_training_split(sds[:10], torch.tensor(y[:10]), train, 2, Describer(), 0)[3] is None

@@ -96,7 +96,7 @@ def graph(services: Services, checkpoint: Checkpoint, mode: str) -> GraphBlob:
         return row
     torch = _torch()
     from metanets import ArchitectureDescription, expected_edges, to_graph
-    from metanets.graph.types import EDGE_TYPES, NODE_TYPES
+    from metanets.graph.types import ACTIVATION_TYPES, EDGE_TYPES, NODE_TYPES
 
     desc = ArchitectureDescription.from_json(description(services, checkpoint))
     expected = expected_edges(desc, mode)
@@ -106,6 +106,7 @@ def graph(services: Services, checkpoint: Checkpoint, mode: str) -> GraphBlob:
     tensors = {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
     node_types = torch.bincount(data.x[:, 0], minlength=len(NODE_TYPES)).tolist()
     edge_types = torch.bincount(data.edge_type.long(), minlength=len(EDGE_TYPES)).tolist()
+    activations = torch.bincount(data.node_act, minlength=len(ACTIVATION_TYPES)).tolist()
     summary = {
         "mode": mode,
         "converter_version": CONVERTER_VERSION,
@@ -113,6 +114,7 @@ def graph(services: Services, checkpoint: Checkpoint, mode: str) -> GraphBlob:
         "num_edges": int(data.edge_index.shape[1]),
         "nodes_by_type": {t: n for t, n in zip(NODE_TYPES, node_types) if n},
         "edges_by_type": {t: n for t, n in zip(EDGE_TYPES, edge_types) if n},
+        "nodes_by_activation": {t: n for t, n in zip(ACTIVATION_TYPES, activations) if n},
         "expected_edges": expected,
         "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
         "tensors": {k: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for k, t in tensors.items()},

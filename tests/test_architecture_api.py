@@ -53,6 +53,7 @@ def test_mlp_architecture_and_graph_round_trip(client, settings):
     n_params = sum(t.numel() for t in state.values())
     assert summary["summary"]["num_edges"] == sum(expected_edges(desc, "scalar").values()) >= n_params
     assert summary["summary"]["nodes_by_type"]["hidden"] == 16
+    assert summary["summary"]["nodes_by_activation"]["relu"] == 16  # the sequential family's default activation
 
     raw = client.get(f"/v1/checkpoints/{cid}/graph", params={"format": "pt"})
     assert raw.status_code == 200 and raw.headers["etag"] == f'"sha256:{summary["sha256"]}"'

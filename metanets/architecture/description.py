@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"  # 2: graphs carry node_act (cached descriptions and graphs of 1 are rebuilt)
 
 GROUP_KINDS = ("input", "hidden", "output", "bias", "norm", "head", "position", "vocab")
 

@@ -32,10 +32,11 @@ from metanets.zoo.summary import label_summary  # noqa: E402
 
 # ---- NFN baseline (the nfn package's NPLinear / NPPool; bench only) ------------------------------------------------
 
-def _nfn_features(sds, stats):
+def _nfn_features(sds, stats, codes=None):
     """State dicts (ordered weight, bias, ...) -> nfn WeightSpaceFeatures, prepared as our models' inputs are:
     standardised per tensor with training-split ``stats``, or (``stats`` None: ``normalize="checkpoint"``) each
-    tensor over its own RMS with its log RMS as a second channel (``metanets.weightspace.rms_normalize``)."""
+    tensor over its own RMS with its log RMS as a second channel (``metanets.weightspace.rms_normalize``). With
+    ``codes`` (per checkpoint, ``activation_codes``) each tensor gets its activation code as one more channel."""
     from nfn.common import WeightSpaceFeatures
 
     keys = list(sds[0])
@@ -44,11 +45,30 @@ def _nfn_features(sds, stats):
         v = torch.stack([sd[k] for sd in sds]).double()
         if stats is not None:
             feats[k] = ((v - stats[k][0]) / stats[k][1]).float()[:, None]
-            continue
-        rms = v.flatten(1).pow(2).mean(1).sqrt().view(-1, *[1] * (v.dim() - 1))
-        scale = torch.log(rms + 1e-6).expand_as(v)
-        feats[k] = torch.stack([v / (rms + 1e-6), scale], 1).float()
+        else:
+            rms = v.flatten(1).pow(2).mean(1).sqrt().view(-1, *[1] * (v.dim() - 1))
+            scale = torch.log(rms + 1e-6).expand_as(v)
+            feats[k] = torch.stack([v / (rms + 1e-6), scale], 1).float()
+        if codes is not None:
+            c = torch.tensor([cs[k] for cs in codes]).view(-1, 1, *[1] * (v.dim() - 1))
+            feats[k] = torch.cat([feats[k], c.expand(-1, 1, *v.shape[1:])], 1)
     return WeightSpaceFeatures([feats[k] for k in keys[0::2]], [feats[k] for k in keys[1::2]])
+
+
+ACTIVATION_CODE = {"relu": 1.0, "tanh": -1.0}  # the CNN zoo's two functions, for --peer-activations
+
+
+def activation_codes(desc) -> dict[str, float]:
+    """Per tensor of a description: the code of the function applied right after its layer (0: none, the last)."""
+    after = {op.inputs[0]: op.attrs.get("fn", "relu") for op in desc.ops if op.kind == "act"}
+    return {name: ACTIVATION_CODE[after[out]] if (out := desc.op(t.op).output) in after else 0.0
+            for name, t in desc.tensors.items()}
+
+
+def with_codes(sds, codes):
+    """StatNN's view of the activation: each checkpoint gains one tensor holding its weight tensors' codes."""
+    return [{**sd, "activation.codes": torch.tensor([c[k] for k in sd if k.endswith("weight")])}
+            for sd, c in zip(sds, codes)]
 
 
 class NFNModel(nn.Module):
@@ -78,7 +98,7 @@ def _split(groups, hp, seed):
     return group_split(groups, hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15), split_seed)
 
 
-def train_nfn(sds, labels, target, groups, hints, hp, seed):
+def train_nfn(sds, labels, target, groups, hints, hp, seed, codes=None):
     """The same split, label scaling, optimiser and early stopping as ``train_metanet``, for the NFN model."""
     from nfn.common import network_spec_from_wsfeat
 
@@ -101,15 +121,19 @@ def train_nfn(sds, labels, target, groups, hints, hp, seed):
         classes = sorted(set(labels))
         yt, out_dim = torch.tensor([classes.index(v) for v in labels]), len(classes)
         loss_fn = nn.functional.cross_entropy
-    sds, yt, tr, _ = augment_training_split(sds, yt, tr, hp.get("augment", 0), Describer(), seed, hints)  # as ours
+    copies = hp.get("augment", 0)
+    if codes is not None:  # a permuted copy keeps its original's codes
+        codes = codes + [codes[i] for i in tr for _ in range(copies)]
+    sds, yt, tr, _ = augment_training_split(sds, yt, tr, copies, Describer(), seed, hints)  # as ours
     spec = network_spec_from_wsfeat(_nfn_features(sds[:1], stats))
-    model = NFNModel(spec, out_dim, in_channels=1 if stats is not None else 2, hidden=hp.get("hidden", 64),
+    model = NFNModel(spec, out_dim, in_channels=(1 if stats is not None else 2) + (codes is not None),
+                     hidden=hp.get("hidden", 64),
                      pool_norm=hp.get("pool_norm", True))
     opt = torch.optim.AdamW(model.parameters(), lr=hp.get("lr", 1e-3), weight_decay=hp.get("weight_decay", 1e-5))
     steps = len(_chunks(tr, hp.get("batch_size", 32)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(hp.get("schedule", "constant"), steps,
                                                               steps * hp.get("epochs", 100)))
-    feats = lambda idx: _nfn_features([sds[i] for i in idx], stats)  # noqa: E731
+    feats = lambda idx: _nfn_features([sds[i] for i in idx], stats, codes and [codes[i] for i in idx])  # noqa: E731
     g, best, best_loss, bad, start = torch.Generator().manual_seed(seed), None, float("inf"), 0, time.time()
     for _ in range(hp.get("epochs", 100)):
         model.train()
@@ -218,12 +242,17 @@ def main(argv=None):
                    help="permuted copies of every training checkpoint (every model; all four are invariant)")
     p.add_argument("--no-activations", action="store_true",
                    help="GMN without activation features (the behaviour before); others never read the activation")
+    p.add_argument("--peer-activations", action="store_true",
+                   help="control: NFN (an input channel per tensor) and StatNN (one more tensor) also read each "
+                        "checkpoint's activation, code +1 relu / -1 tanh / 0 none, as GMN does by default")
     p.add_argument("--split-seed", type=int, default=None,
                    help="one split for every seed (seeds then vary only the initialisation); default: split by seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="zoo generation processes")
     p.add_argument("--out", default="bench/out/metanets")
     a = p.parse_args(argv)
+    if a.peer_activations and a.augment:
+        p.error("--peer-activations takes --augment 0 (StatNN's extra tensor is not part of any architecture)")
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,8 +292,16 @@ def main(argv=None):
                 task_hp = {**hp, "loss": a.loss} if target == "regression" else hp
                 if kind == "gmn":
                     task_hp = {**task_hp, "hidden": a.gmn_hidden}
-                run = train_nfn if kind == "nfn" else lambda *args: run_ours(kind, *args)
-                metrics, validation, train_s, infer = run(sds, labels, target, groups, hints, task_hp, seed)
+                codes = None
+                if a.peer_activations and kind in ("nfn", "statnn"):
+                    describer = Describer()
+                    codes = [activation_codes(describer(sd, hints=h)) for sd, h in zip(sds, hints)]
+                if kind == "nfn":
+                    metrics, validation, train_s, infer = train_nfn(sds, labels, target, groups, hints, task_hp, seed,
+                                                                    codes)
+                else:
+                    metrics, validation, train_s, infer = run_ours(kind, with_codes(sds, codes) if codes else sds,
+                                                                   labels, target, groups, hints, task_hp, seed)
                 results["runs"].append({"task": name, "model": kind, "seed": seed, "test": metrics,
                                         "validation": validation, "train_seconds": train_s,
                                         "inference_checkpoints_per_second": infer})

@@ -55,14 +55,15 @@ def _nfn_features(sds, stats, codes=None):
     return WeightSpaceFeatures([feats[k] for k in keys[0::2]], [feats[k] for k in keys[1::2]])
 
 
-ACTIVATION_CODE = {"relu": 1.0, "tanh": -1.0}  # the CNN zoo's two functions, for --peer-activations
+ACTIVATION_CODE = {"none": 0.0, "relu": 1.0, "tanh": -1.0}  # the CNN zoo's functions, for --peer-activations
 
 
 def activation_codes(desc) -> dict[str, float]:
-    """Per tensor of a description: the code of the function applied right after its layer (0: none, the last)."""
-    after = {op.inputs[0]: op.attrs.get("fn", "relu") for op in desc.ops if op.kind == "act"}
-    return {name: ACTIVATION_CODE[after[out]] if (out := desc.op(t.op).output) in after else 0.0
-            for name, t in desc.tensors.items()}
+    """Per tensor: the code of the function applied to its target neurons (what UNF embeds; 0: none, the last)."""
+    from metanets.graph.layout import tensor_activations
+    from metanets.graph.types import ACTIVATION_TYPES
+
+    return {name: ACTIVATION_CODE[ACTIVATION_TYPES[i]] for name, i in tensor_activations(desc).items()}
 
 
 def with_codes(sds, codes):
@@ -241,10 +242,11 @@ def main(argv=None):
     p.add_argument("--augment", type=int, default=0,
                    help="permuted copies of every training checkpoint (every model; all four are invariant)")
     p.add_argument("--no-activations", action="store_true",
-                   help="GMN without activation features (the behaviour before); others never read the activation")
+                   help="GMN and UNF without activation features (the behaviour before); the peers read none "
+                        "unless --peer-activations")
     p.add_argument("--peer-activations", action="store_true",
                    help="control: NFN (an input channel per tensor) and StatNN (one more tensor) also read each "
-                        "checkpoint's activation, code +1 relu / -1 tanh / 0 none, as GMN does by default")
+                        "checkpoint's activation, code +1 relu / -1 tanh / 0 none, as GMN and UNF do by default")
     p.add_argument("--split-seed", type=int, default=None,
                    help="one split for every seed (seeds then vary only the initialisation); default: split by seed")
     p.add_argument("--threads", type=int, default=1)

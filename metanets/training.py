@@ -60,8 +60,8 @@ class TrainConfig:
     statistics: str = "signed_log"  # StatNN inputs: "signed_log" (sign(x) log(1 + |x|) of every statistic, robust to
     # runs whose weights blew up) or "raw" (configs without the field); models/statnn.py
     augment: int = 0  # permuted copies (``random_symmetry``) of every training checkpoint added to the training split
-    activations: bool = True  # GMN: embed each neuron's activation function (from the description) in its node
-    # features; configs without the field: off
+    activations: bool = True  # GMN and UNF: embed the activation function (from the description) of each neuron
+    # (GMN node features) or of each tensor's target neurons (UNF input channels); configs without the field: off
     hints: dict | None = None  # passed to ``describe``; a checkpoint's own hints (``checkpoint_hints``) override them
 
     @classmethod
@@ -144,6 +144,17 @@ class _Features:
                     s = torch.tensor([sc[e.tensor] for sc in scales]).view(-1, *[1] * (v.dim() - 1))
                     v = torch.cat([v, s.expand_as(v)], dim=-1)
                 self.x[e.key] = v
+            if config["train"].get("activations", False):  # each tensor's function, from each checkpoint's own hints
+                from .graph.layout import tensor_activations
+                from .models.unf import ACTIVATIONS
+
+                per_desc: dict[int, dict[str, int]] = {}
+                rows = []
+                for i, sd in enumerate(checkpoints):
+                    d = describer(sd, f"checkpoint {i}", hints[i] if hints else None)
+                    acts = per_desc.setdefault(id(d), tensor_activations(d))
+                    rows.append([acts[e.tensor] for e in spec])
+                self.x[ACTIVATIONS] = torch.tensor(rows, dtype=torch.long)
         else:
             from .graph.build import to_graph
 
@@ -186,7 +197,7 @@ def _build_model(config: dict) -> nn.Module:
 
         return UNF(config["entries"], out_dim, channels=t["channels"], layers=t["layers"], hidden=t["hidden"],
                    max_terms=t["max_terms"], pool_norm=t.get("pool_norm", False), readout=t.get("readout", "mean"),
-                   in_channels=_input_features(t))
+                   in_channels=_input_features(t), activations=t.get("activations", False))
     from .models.gmn import GMN
 
     return GMN(out_dim, edge_width=math.prod(t["grid"]), d=t["hidden"], layers=t["layers"],

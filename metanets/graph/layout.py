@@ -99,6 +99,14 @@ def layout(desc: ArchitectureDescription) -> Layout:
     return lay
 
 
+def tensor_activations(desc: ArchitectureDescription) -> dict[str, int]:
+    """``ACTIVATION`` index of the function applied to each graph tensor's target nodes (``none``: no function),
+    the graph's ``node_act`` seen per tensor, for models that read tensors (UNF)."""
+    lay = layout(desc)
+    act = lay.node_activation()
+    return {name: int(torch.mode(act[r.dst]).values) for name, r in lay.recipes.items()}
+
+
 def _vector(desc, lay, op: Op, role: str, dst: torch.Tensor, layer: int, edge: str, node: str) -> None:
     name = op.params.get(role)
     if name is None or name in lay.recipes or not desc.tensors[name].is_edge:

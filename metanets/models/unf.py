@@ -5,6 +5,9 @@ partition* of the axes of (l, m): a partition whose blocks only group axes of on
 diagonals where input axes share a block, averages blocks without output axes, and broadcasts / embeds on
 diagonals into the output; each term mixes channels with its own (c_in, c_out) matrix. Axes without a symbol
 (kernel positions, input features, output classes, heads) are never permuted, so they are folded into channels.
+With ``activations`` every tensor also gets, as input channels, a learned embedding of the function applied to its
+target neurons (``ACTIVATIONS`` in the input dict: one ``ACTIVATION_TYPES`` index per slot), constant over the
+tensor and so invariant to every permutation.
 """
 from __future__ import annotations
 
@@ -16,7 +19,11 @@ import torch
 from torch import nn
 
 from ..errors import MetanetError
+from ..graph.types import ACTIVATION_TYPES
 from .pooling import READOUTS, STAT_COUNT, set_stats
+
+ACTIVATIONS = "@activations"  # input dict key: (B, slots) activation indices, with ``activations``
+ACTIVATION_CHANNELS = 2
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,8 @@ class UNF(nn.Module):
     """
 
     def __init__(self, entries: list[dict], out_dim: int, channels: int = 8, layers: int = 3, hidden: int = 128,
-                 max_terms: int = 4000, pool_norm: bool = False, readout: str = "mean", in_channels: int = 1):
+                 max_terms: int = 4000, pool_norm: bool = False, readout: str = "mean", in_channels: int = 1,
+                 activations: bool = False):
         super().__init__()
         if readout not in READOUTS:
             raise MetanetError(f"unknown readout {readout!r} (known: {list(READOUTS)})")
@@ -170,6 +178,8 @@ class UNF(nn.Module):
         if size * layers > max_terms:
             raise MetanetError(f"UNF basis too large: {size} terms per layer x {layers} layers > max_terms={max_terms}"
                                f" (architecture has {len(self.slots)} tensors); use GMN or StatNN for it")
+        self.activation = nn.Embedding(len(ACTIVATION_TYPES), ACTIVATION_CHANNELS) if activations else None
+        in_channels += ACTIVATION_CHANNELS if activations else 0
         widths = [in_channels] + [channels] * layers
         self.layers = nn.ModuleList(UNFLayer(self.slots, a, b) for a, b in zip(widths, widths[1:]))
         if readout == "mean":
@@ -185,7 +195,7 @@ class UNF(nn.Module):
 
     def forward(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``tensors[key]`` is (B, *entry shape, in_channels); returns (outputs (B, out_dim), embeddings (B, hidden))."""
-        xs = [s.fold(tensors[s.key]) for s in self.slots]
+        xs = [s.fold(self._with_activation(tensors, i, s)) for i, s in enumerate(self.slots)]
         pools = [self._pool(xs)] if self.readout != "mean" else []
         for i, layer in enumerate(self.layers):
             xs = layer(xs)
@@ -197,6 +207,14 @@ class UNF(nn.Module):
             pools = [torch.cat([x.flatten(1, -2).mean(1) if x.dim() > 2 else x for x in xs], dim=1)]
         emb = self.head(self.pool_norm(torch.cat(pools, dim=1)))
         return self.out(emb), emb
+
+    def _with_activation(self, tensors: dict[str, torch.Tensor], i: int, slot: Slot) -> torch.Tensor:
+        """Slot ``i``'s input, with its activation embedding broadcast over its entries as more channels."""
+        x = tensors[slot.key]
+        if self.activation is None:
+            return x
+        a = self.activation(tensors[ACTIVATIONS][:, i].long()).to(x.dtype)
+        return torch.cat([x, a.view(len(x), *[1] * (x.dim() - 2), -1).expand(*x.shape[:-1], -1)], dim=-1)
 
     @staticmethod
     def _pool(xs: list[torch.Tensor]) -> torch.Tensor:

@@ -105,6 +105,19 @@ def test_nodes_record_their_activation(name, fn, count):
         assert len(marked) == count
 
 
+def test_tensor_activations_are_their_targets_function():
+    """Per tensor, the function applied to the nodes it feeds: the layer's activation, none for the last layer."""
+    from metanets.graph.layout import tensor_activations
+
+    mlp = tensor_activations(described("mlp"))
+    assert mlp == {k: ACTIVATION["tanh"] if k[0] in "02" else ACTIVATION["none"] for k in case("mlp").model.state_dict()}
+    gpt2 = tensor_activations(described("gpt2"))
+    assert gpt2["transformer.h.1.mlp.c_fc.weight"] == gpt2["transformer.h.1.mlp.c_fc.bias"] == ACTIVATION["gelu_tanh"]
+    assert gpt2["transformer.h.1.mlp.c_proj.weight"] == gpt2["transformer.h.1.attn.c_attn.weight"] == ACTIVATION["none"]
+    bn = tensor_activations(described("cnn_bn"))  # conv -> batchnorm -> relu: the norm's tensors feed relu nodes too
+    assert bn["0.weight"] == bn["1.weight"] == bn["1.running_mean"] == ACTIVATION["relu"]
+
+
 def test_extra_edges_counted_independently():
     gpt2 = expected_edges(described("gpt2"))
     assert gpt2["residual"] == 2 * 2 * 16 and gpt2["head"] == 2 * (16 + 16)

@@ -11,7 +11,8 @@ from torch_geometric.data import Batch
 from metanets import apply_symmetry, describe, graph_to_state_dict, random_symmetry, to_graph, unf_spec, unf_tensors
 from metanets.models.gmn import GMN
 from metanets.models.pooling import READOUTS
-from metanets.models.unf import UNF
+from metanets.graph.layout import tensor_activations
+from metanets.models.unf import ACTIVATIONS, UNF
 from metanets.weightspace import edge_log_rms, rms_normalize
 from metanets.zoo import cnn
 
@@ -52,10 +53,12 @@ def _gmn(readout):
                                  layer_slots=3, activations=new).double().eval())
 
 
-def _unf(desc, readout):
+def _unf(desc, readout, activations=None):
+    """With the current defaults (activation channels) unless the readout is the old mean."""
     torch.manual_seed(2)
     return _random_pool_norm(UNF([asdict(e) for e in unf_spec(desc)], out_dim=3, channels=4, layers=2, hidden=16,
-                                 pool_norm=True, readout=readout).double().eval())
+                                 pool_norm=True, readout=readout,
+                                 activations=readout != "mean" if activations is None else activations).double().eval())
 
 
 def _gmn_run(model, desc, sd):
@@ -69,9 +72,12 @@ def _gmn_run(model, desc, sd):
 
 
 def _unf_run(model, desc, sd):
-    views = unf_tensors(unf_spec(desc), sd)
+    spec = unf_spec(desc)
+    inputs = {k: v[None, ..., None] for k, v in unf_tensors(spec, sd).items()}
+    acts = tensor_activations(desc)
+    inputs[ACTIVATIONS] = torch.tensor([[acts[e.tensor] for e in spec]])
     with torch.no_grad():
-        return model({k: v[None, ..., None] for k, v in views.items()})[0]
+        return model(inputs)[0]
 
 
 @pytest.fixture(scope="module")
@@ -135,17 +141,19 @@ def test_outputs_change_under_non_symmetries(nets, name, readout):
             assert change > 1e4 * noise + 1e-11, f"{type(net).__name__} blind to {what}: {change} vs noise {noise}"
 
 
-def test_gmn_reads_the_activation_only_with_activation_features():
+def test_models_read_the_activation_only_with_activation_features():
     """The same weights described as a tanh network instead of a relu one: another output with activation
     features, the same output without them (the function differs, the weights do not)."""
     _, sd = _cnn_checkpoint()
     relu, tanh = (describe(sd, cnn.describe_hints(a)) for a in ("relu", "tanh"))
     for activations in (False, True):
         torch.manual_seed(4)
-        model = _random_pool_norm(GMN(out_dim=2, edge_width=9, d=8, layers=1, pool_norm=True, readout="stats",
-                                      activations=activations).double().eval())
-        change = (_gmn_run(model, tanh, sd)[0] - _gmn_run(model, relu, sd)[0]).abs().max()
-        assert (change > 1e-6) == activations, (activations, change)
+        gmn = _random_pool_norm(GMN(out_dim=2, edge_width=9, d=8, layers=1, pool_norm=True, readout="stats",
+                                    activations=activations).double().eval())
+        unf = _unf(relu, "stats", activations)
+        for run in (lambda d: _gmn_run(gmn, d, sd)[0], lambda d: _unf_run(unf, d, sd)):
+            change = (run(tanh) - run(relu)).abs().max()
+            assert (change > 1e-6) == activations, (activations, change)
 
 
 def test_gmn_layer_slots_are_per_graph_in_a_batch():

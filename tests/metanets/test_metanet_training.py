@@ -401,18 +401,19 @@ def test_split_seed_fixes_the_split_across_seeds(zoo):
         fit(0, split_seed=-1)
 
 
-def test_checkpoint_hints_give_gmn_each_checkpoint_its_activation(zoo, zoo_hints):
+@pytest.mark.parametrize("kind", ["gmn", "unf"])
+def test_checkpoint_hints_give_each_checkpoint_its_activation(zoo, zoo_hints, kind):
     """Per-checkpoint hints describe each member with its own activation (the zoo mixes relu and tanh runs): GMN
-    with activation features (the default) predicts otherwise when the hints say otherwise, without them it cannot
-    tell; augmented copies keep their original's hints; hints of another length are refused at prediction."""
+    and UNF with activation features (the default) predict otherwise when the hints say otherwise, without them
+    they cannot tell; hints of another length are refused at prediction."""
     sds, y, groups = zoo
     assert {h["activation"] for h in zoo_hints} == {"relu", "tanh"}
     flipped = [{**h, "activation": "tanh" if h["activation"] == "relu" else "relu"} for h in zoo_hints]
     hp = {**HP, "epochs": 3}
-    with_act = train_metanet("gmn", sds, y, "regression", groups, {**hp, "augment": 1}, seed=0,
+    with_act = train_metanet(kind, sds, y, "regression", groups, {**hp, "augment": 1}, seed=0,
                              checkpoint_hints=zoo_hints)
     assert with_act.config["train"]["activations"] is True
-    without = train_metanet("gmn", sds, y, "regression", groups, {**hp, "activations": False}, seed=0,
+    without = train_metanet(kind, sds, y, "regression", groups, {**hp, "activations": False}, seed=0,
                             checkpoint_hints=zoo_hints)
     own, other = (predict(with_act, sds[:12], checkpoint_hints=h[:12])[0] for h in (zoo_hints, flipped))
     assert all(a != b for a, b in zip(own, other))

@@ -82,7 +82,8 @@ def main(argv=None):
     test = group_split([m.run for m in members], 0.15, 0.15, a.split_seed)[2]
     g = torch.Generator().manual_seed(0)
     out = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                       "torch_threads": torch.get_num_threads()}, "zoo": str(zoo), "recipe": recipe.to_json(), "min_epoch": a.min_epoch, "test_images": correct.shape[1],
+                       "torch_threads": torch.get_num_threads()},
+           "zoo": str(zoo), "recipe": recipe.to_json(), "min_epoch": a.min_epoch, "test_images": correct.shape[1],
            "max_label_mismatch": mismatch, "split_seed": a.split_seed,
            "test_split": ceilings(correct[test], a.resamples, g), "all": ceilings(correct, a.resamples, g),
            "seconds": time.time() - t0}

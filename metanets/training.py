@@ -262,7 +262,8 @@ def _lr_factor(schedule: str, warmup: int, total: int) -> Callable[[int], float]
 
 
 def permuted_copies(checkpoints: list[dict[str, torch.Tensor]], idx: list[int], copies: int, describer: Describer,
-                    generator: torch.Generator, hints: list[dict | None] | None = None) -> list[dict[str, torch.Tensor]]:
+                    generator: torch.Generator,
+                    hints: list[dict | None] | None = None) -> list[dict[str, torch.Tensor]]:
     """``copies`` random hidden permutations of each checkpoint in ``idx`` (same function, other weights), in order."""
     out = []
     for i in idx:

@@ -251,7 +251,7 @@ def _attention(desc, lay, nodes, op, layer, tied):
     nodes[op.output] = y
 
 
-_RULES = {"act": _activation, "linear": _linear, "conv": _conv, "batchnorm": _norm, "layernorm": _norm, "rmsnorm": _norm,
-          "groupnorm": _norm, "layerscale": _layerscale, "add": _merge, "mul": _merge, "flatten": _flatten,
-          "embedding": _embedding, "add_positions": _table, "add_embedding": _table, "cls_token": _cls_token,
-          "attention": _attention}
+_RULES = {"act": _activation, "linear": _linear, "conv": _conv, "batchnorm": _norm, "layernorm": _norm,
+          "rmsnorm": _norm, "groupnorm": _norm, "layerscale": _layerscale, "add": _merge, "mul": _merge,
+          "flatten": _flatten, "embedding": _embedding, "add_positions": _table, "add_embedding": _table,
+          "cls_token": _cls_token, "attention": _attention}

@@ -1,5 +1,6 @@
 """Merge ``bench/metanets.py`` result files of one zoo (say, seeds run as separate processes) into one, with the
-summary and the paired margins of GMN and UNF over each peer: ``python bench/merge_metanets.py OUT IN [IN ...]``."""
+summary and the paired margins of GMN and UNF over each peer: ``python bench/merge_metanets.py OUT IN [IN ...]``.
+An input written ``PATH:MODEL[,MODEL...]`` contributes only those models' runs (say, an older file's peers)."""
 from __future__ import annotations
 
 import importlib.util
@@ -31,18 +32,23 @@ def paired_margins(runs: list[dict]) -> dict:
     return out
 
 
+def _source(arg: str) -> tuple[Path, set[str] | None]:
+    path, _, models = arg.partition(":")
+    return Path(path), set(models.split(",")) if models else None
+
+
 def main(argv: list[str]) -> None:
-    out, sources = Path(argv[0]), [Path(p) for p in argv[1:]]
-    parts = [json.loads(p.read_text()) for p in sources]
+    out, sources = Path(argv[0]), [_source(a) for a in argv[1:]]
+    parts = [json.loads(p.read_text()) for p, _ in sources]
     seen, runs = set(), []
-    for r in (r for part in parts for r in part["runs"]):
+    for r in (r for part, (_, keep) in zip(parts, sources) for r in part["runs"] if keep is None or r["model"] in keep):
         key = (r["task"], r["model"], r["seed"])
         if key in seen:
-            raise SystemExit(f"{key} appears twice in {[str(p) for p in sources]}")
+            raise SystemExit(f"{key} appears twice in {argv[1:]}")
         seen.add(key)
         runs.append(r)
     runs.sort(key=lambda r: (r["task"], r["seed"]))
-    merged = {**parts[0], "runs": runs, "merged_from": [str(p) for p in sources],
+    merged = {**parts[0], "runs": runs, "merged_from": argv[1:],
               "summary": bench.summarise(runs), "paired_margins": paired_margins(runs)}
     out.write_text(json.dumps(merged, indent=1))
     for key, v in {**merged["summary"], **merged["paired_margins"]}.items():

@@ -423,6 +423,10 @@ def test_checkpoint_hints_give_each_checkpoint_its_activation(zoo, zoo_hints, ki
             == predict(without, sds[:12], checkpoint_hints=flipped[:12])[0])
     again = load_metanet(json.loads(json.dumps(with_act.config)), with_act.state_dict())
     assert predict(again, sds[:12], checkpoint_hints=zoo_hints[:12])[0] == own
+    saved_before = json.loads(json.dumps(without.config))  # configs saved before the field: activations off
+    del saved_before["train"]["activations"]
+    old = load_metanet(saved_before, without.state_dict())
+    assert predict(old, sds[:12])[0] == predict(without, sds[:12])[0]
     with pytest.raises(MetanetError, match="12 checkpoints but 11 checkpoint hints"):
         predict(with_act, sds[:12], checkpoint_hints=zoo_hints[:11])
 

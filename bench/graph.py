@@ -10,12 +10,17 @@ import gc
 import json
 import os
 import platform
+import sys
 import threading
 import time
+from pathlib import Path
 
-import torch
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)  # run as a script, this file's folder (bench/metanets.py) would shadow the metanets package
 
-from metanets import describe, to_graph
+import torch  # noqa: E402
+
+from metanets import describe, to_graph  # noqa: E402
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

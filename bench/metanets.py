@@ -286,23 +286,24 @@ def main(argv=None):
         save()
         print(name, "zoo", len(members), f"{seconds:.1f}s", flush=True)
         hints = [m.meta.get("hints") for m in members]  # per checkpoint: the CNN zoo mixes relu and tanh runs
-        tasks[name] = (sds, [m.labels[label] for m in members], target, [m.run for m in members],
-                       hints if any(hints) else None)
+        hints = hints if any(hints) else None
+        codes = None
+        if a.peer_activations:
+            describer = Describer()
+            codes = [activation_codes(describer(sd, hints=h)) for sd, h in zip(sds, hints or [None] * len(sds))]
+        tasks[name] = (sds, [m.labels[label] for m in members], target, [m.run for m in members], hints, codes)
     for seed in a.seeds:
-        for name, (sds, labels, target, groups, hints) in tasks.items():
+        for name, (sds, labels, target, groups, hints, codes) in tasks.items():
             for kind in a.models:
                 task_hp = {**hp, "loss": a.loss} if target == "regression" else hp
                 if kind == "gmn":
                     task_hp = {**task_hp, "hidden": a.gmn_hidden}
-                codes = None
-                if a.peer_activations and kind in ("nfn", "statnn"):
-                    describer = Describer()
-                    codes = [activation_codes(describer(sd, hints=h)) for sd, h in zip(sds, hints)]
                 if kind == "nfn":
                     metrics, validation, train_s, infer = train_nfn(sds, labels, target, groups, hints, task_hp, seed,
                                                                     codes)
                 else:
-                    metrics, validation, train_s, infer = run_ours(kind, with_codes(sds, codes) if codes else sds,
+                    peer_view = codes is not None and kind == "statnn"
+                    metrics, validation, train_s, infer = run_ours(kind, with_codes(sds, codes) if peer_view else sds,
                                                                    labels, target, groups, hints, task_hp, seed)
                 results["runs"].append({"task": name, "model": kind, "seed": seed, "test": metrics,
                                         "validation": validation, "train_seconds": train_s,
